@@ -1,0 +1,1 @@
+"""Conversion between kyx parameters and other checkpoint layouts."""

@@ -1,0 +1,150 @@
+"""Multi-head attention with MHA / GQA / MQA, RoPE or ALiBi, document masks and a KV cache.
+
+Two masking modes share one kernel:
+* training / full forward: key j is visible to query i when j <= i (index in the row)
+  and both tokens belong to the same document (`segment_ids`), so packed documents
+  never attend to each other;
+* cached decoding: keys live in cache slots indexed by position; a query at position p
+  sees slots 0..p of its own row (one sequence per row).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kyx.model.layers import param_with_axes
+from kyx.sharding import constrain
+
+NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
+
+
+# ----------------------------------------------------------------------------- positions
+
+def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:
+    """Inverse frequencies theta^(-2i/d), i < d/2 (LLaMA convention)."""
+    return 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+
+
+def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotary embedding, half-split ("rotate_half") layout as in LLaMA / HF transformers."""
+    angles_btf = positions_bt[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+    cos = jnp.cos(angles_btf)[:, :, None, :]
+    sin = jnp.sin(angles_btf)[:, :, None, :]
+    x = x_bthd.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthd.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes (Press et al.): geometric 2^(-8i/n); non-powers of two interleave."""
+    def power_of_two(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = power_of_two(closest)
+    if closest < num_heads:
+        slopes += power_of_two(2 * closest)[0::2][: num_heads - closest]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def document_mask(segment_ids_bt: jax.Array) -> jax.Array:
+    """[B, 1, T, T] boolean: causal within the row and within the same document."""
+    t = segment_ids_bt.shape[1]
+    causal_tt = jnp.tril(jnp.ones((t, t), dtype=bool))
+    same_btt = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+    return (causal_tt[None] & same_btt)[:, None]
+
+
+def cache_mask(q_positions_bt: jax.Array, cache_len: int) -> jax.Array:
+    """[B, 1, T, S] boolean: a query at position p sees cache slots 0..p."""
+    slots_s = jnp.arange(cache_len)
+    return (slots_s[None, None, :] <= q_positions_bt[:, :, None])[:, None]
+
+
+def write_cache(cache_bskd: jax.Array, new_btkd: jax.Array, start_b: jax.Array) -> jax.Array:
+    """Write T new entries per row at slots start_b .. start_b + T - 1."""
+    def one(c_skd, n_tkd, s):
+        return jax.lax.dynamic_update_slice(c_skd, n_tkd.astype(c_skd.dtype), (s, 0, 0))
+    return jax.vmap(one)(cache_bskd, new_btkd, start_b)
+
+
+# ----------------------------------------------------------------------------- module
+
+class Attention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
+                 cache: dict | None = None) -> tuple[jax.Array, dict | None]:
+        d = x_btd.shape[-1]
+        h, k, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        init = nn.initializers.normal(self.init_std)
+        wq = param_with_axes(self, "wq", init, (d, h, hd), ("embed", "heads", "head_dim"))
+        wk = param_with_axes(self, "wk", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+        wv = param_with_axes(self, "wv", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+        wo = param_with_axes(self, "wo", init, (h, hd, d), ("heads", "head_dim", "embed"))
+        x = x_btd.astype(self.dtype)
+        q_bthd = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
+        k_btkd = jnp.einsum("btd,dhk->bthk", x, wk.astype(self.dtype))
+        v_btkd = jnp.einsum("btd,dhk->bthk", x, wv.astype(self.dtype))
+        q_bthd = constrain(q_bthd, ("act_batch", "act_length", "act_heads", None))
+        k_btkd = constrain(k_btkd, ("act_batch", "act_length", "act_kv_heads", None))
+        v_btkd = constrain(v_btkd, ("act_batch", "act_length", "act_kv_heads", None))
+        if self.position == "rope":
+            inv_freq = rope_frequencies(hd, self.rope_theta)
+            q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
+            k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
+
+        if cache is None:
+            keys, values, kv_pos_bs = k_btkd, v_btkd, positions_bt
+            mask = document_mask(segment_ids_bt)
+            new_cache = None
+        else:
+            start_b = positions_bt[:, 0]
+            keys = write_cache(cache["k"], k_btkd, start_b)
+            values = write_cache(cache["v"], v_btkd, start_b)
+            new_cache = {"k": keys, "v": values}
+            s = keys.shape[1]
+            kv_pos_bs = jnp.broadcast_to(jnp.arange(s)[None], (keys.shape[0], s))
+            mask = cache_mask(positions_bt, s)
+
+        bias = None
+        if self.position == "alibi":
+            slopes_h = jnp.asarray(alibi_slopes(h))
+            rel_bts = (kv_pos_bs[:, None, :] - positions_bt[:, :, None]).astype(jnp.float32)
+            bias = slopes_h[None, :, None, None] * rel_bts[:, None]          # [B, H, T, S]
+        out_bthd = dot_product_attention(q_bthd, keys.astype(self.dtype),
+                                         values.astype(self.dtype), mask, bias)
+        out_bthd = constrain(out_bthd, ("act_batch", "act_length", "act_heads", None))
+        out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo.astype(self.dtype))
+        return constrain(out_btd, ("act_batch", "act_length", "act_embed")), new_cache
+
+
+def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
+    """Softmax attention with grouped KV heads; scores and softmax in float32."""
+    b, t, h, d = q_bthd.shape
+    kv = k_bskd.shape[2]
+    g = h // kv
+    q_btkgd = q_bthd.reshape(b, t, kv, g, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd,
+                        preferred_element_type=jnp.float32) / np.sqrt(d).astype(np.float32)
+    if bias_bhts is not None:
+        scores = scores + bias_bhts.reshape(b, kv, g, t, -1)
+    scores = jnp.where(mask_b1ts[:, :, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
+    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
+    return out_btkgd.reshape(b, t, h, d)

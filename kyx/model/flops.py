@@ -1,0 +1,28 @@
+"""Training FLOPs per token, counted as matmul FLOPs (MaxText's convention).
+
+Forward matmul FLOPs per token = 2 x (weights used in matmuls) + attention scores and
+values, 2 x 2 x seq_len x (heads x head_dim) per layer, halved because causal attention
+only needs the lower triangle. Embedding lookup is free; the output head is a matmul.
+Training = 3 x forward (backward costs twice the forward).
+"""
+from __future__ import annotations
+
+from kyx.model.config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Weights that take part in matmuls for one token (head included, lookup excluded)."""
+    d, hd = cfg.d_model, cfg.dim_per_head
+    attn = d * hd * (cfg.num_heads + 2 * cfg.kv_heads) + cfg.num_heads * hd * d
+    mlp = 3 * d * cfg.hidden_dim
+    return cfg.num_layers * (attn + mlp) + cfg.vocab_size * d
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """QK^T and AV for one token, causal-halved: 2 * 2 * T * H * D / 2 per layer."""
+    return cfg.num_layers * 2.0 * seq_len * cfg.num_heads * cfg.dim_per_head
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    forward = 2.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len)
+    return 3.0 * forward

@@ -1,0 +1,103 @@
+"""Building blocks: RMSNorm, embeddings, SwiGLU MLP and the output head (incl. NormHead).
+
+Every parameter is created with logical axis names (see kyx/sharding.py); parameters are
+float32 and are cast to the compute dtype at use; norms run in float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kyx.sharding import constrain
+
+
+def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
+                    axes: Sequence[str]) -> jax.Array:
+    """A float32 parameter annotated with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
+                        jnp.float32)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (no mean subtraction, no bias), computed in float32."""
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        scale_d = param_with_axes(self, "scale", nn.initializers.ones, (x_btd.shape[-1],), ("embed",))
+        x32 = x_btd.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale_d).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table [vocab, d]; `attend` reuses it as a tied output head."""
+    vocab_size: int
+    d_model: int
+    init_std: float
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = param_with_axes(
+            self, "embedding", nn.initializers.normal(self.init_std),
+            (self.vocab_size, self.d_model), ("vocab", "embed"))
+
+    def __call__(self, tokens_bt: jax.Array) -> jax.Array:
+        x_btd = jnp.take(self.embedding, tokens_bt, axis=0).astype(self.dtype)
+        return constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+
+    def attend(self, x_btd: jax.Array) -> jax.Array:
+        w_vd = self.embedding.astype(self.dtype)
+        return jnp.einsum("btd,vd->btv", x_btd, w_vd)
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W_down (silu(W_gate x) * W_up x)."""
+    hidden_dim: int
+    init_std: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        d = x_btd.shape[-1]
+        init = nn.initializers.normal(self.init_std)
+        w_gate_df = param_with_axes(self, "wi_gate", init, (d, self.hidden_dim), ("embed", "mlp"))
+        w_up_df = param_with_axes(self, "wi_up", init, (d, self.hidden_dim), ("embed", "mlp"))
+        w_down_fd = param_with_axes(self, "wo", init, (self.hidden_dim, d), ("mlp", "embed"))
+        x = x_btd.astype(self.dtype)
+        gate_btf = jnp.einsum("btd,df->btf", x, w_gate_df.astype(self.dtype))
+        up_btf = jnp.einsum("btd,df->btf", x, w_up_df.astype(self.dtype))
+        h_btf = constrain(nn.silu(gate_btf) * up_btf, ("act_batch", "act_length", "act_mlp"))
+        out_btd = jnp.einsum("btf,fd->btd", h_btf, w_down_fd.astype(self.dtype))
+        return constrain(out_btd, ("act_batch", "act_length", "act_embed"))
+
+
+class OutputHead(nn.Module):
+    """Untied output projection [vocab, d]; with `norm_head`, Baichuan 2's NormHead.
+
+    NormHead divides each vocabulary row by its L2 norm in every forward pass (gradients
+    flow through the normalisation), so logit magnitude is bounded by |h|.
+    """
+    vocab_size: int
+    init_std: float
+    norm_head: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        w_vd = param_with_axes(self, "kernel", nn.initializers.normal(self.init_std),
+                               (self.vocab_size, x_btd.shape[-1]), ("vocab", "embed"))
+        if self.norm_head:
+            w_vd = normalize_rows(w_vd)
+        logits_btv = jnp.einsum("btd,vd->btv", x_btd.astype(self.dtype), w_vd.astype(self.dtype))
+        return constrain(logits_btv, ("act_batch", "act_length", "act_vocab"))
+
+
+def normalize_rows(w_vd: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Row-wise L2 normalisation as torch F.normalize(dim=1): w / max(|w|, eps)."""
+    norm_v1 = jnp.sqrt(jnp.sum(jnp.square(w_vd.astype(jnp.float32)), axis=-1, keepdims=True))
+    return (w_vd / jnp.maximum(norm_v1, eps)).astype(w_vd.dtype)

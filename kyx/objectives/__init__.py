@@ -1,0 +1,1 @@
+"""Pure losses: arrays in, (loss, metrics) out."""

@@ -1,0 +1,118 @@
+"""Language-model objectives: cross entropy, MiLe, max-z, PaLM z-loss, per-position stats.
+
+All functions are pure: arrays in, ``(loss, metrics)`` out, computed in float32.
+
+Mask convention (documented choice for MiLe and max-z): every mean runs over *real*
+target tokens only (``mask_bt > 0``). The MiLe reference code averages over all positions
+including ignored ones; averaging over real tokens keeps the loss scale independent of
+padding. Under jit the means are global over the sharded batch, so MiLe's normaliser
+alpha = 1 / mean(w) uses the global mean (the reference code averages per-rank
+reciprocals instead; the two agree when ranks see equal mean weights).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+LOSS_NAMES = ("ce", "mile")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "name": "ce",            # "ce" | "mile"
+        "mile_gamma": 1.0,       # MiLe exponent; 0 gives exactly cross entropy
+        "max_z_weight": 0.0,     # Baichuan 2 max-z loss coefficient (paper: 2e-4)
+        "z_loss_weight": 0.0,    # PaLM z-loss coefficient (PaLM: 1e-4)
+    })
+
+
+def _masked_mean(x_bt, mask_bt):
+    return jnp.sum(x_bt * mask_bt) / jnp.maximum(jnp.sum(mask_bt), 1.0)
+
+
+def token_cross_entropy(logits_btv, targets_bt):
+    """(-log p(target), logsumexp) per token, in float32."""
+    logits = logits_btv.astype(jnp.float32)
+    lse_bt = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_bt = jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
+    return lse_bt - target_logit_bt, lse_bt
+
+
+def cross_entropy(logits_btv, targets_bt, mask_bt):
+    """Mean token cross entropy over real targets."""
+    mask = mask_bt.astype(jnp.float32)
+    ce_bt, _ = token_cross_entropy(logits_btv, targets_bt)
+    loss = _masked_mean(ce_bt, mask)
+    return loss, {"ce": loss, "num_tokens": jnp.sum(mask)}
+
+
+def entropy(logits_btv):
+    """Predictive entropy H = logsumexp(z) - sum p z (no second V-sized log)."""
+    z = logits_btv.astype(jnp.float32)
+    p = jax.nn.softmax(z, axis=-1)
+    return jax.nn.logsumexp(z, axis=-1) - jnp.sum(p * z, axis=-1)
+
+
+def mile_loss(logits_btv, targets_bt, mask_bt, gamma: float = 1.0, sigma: float = 1.0):
+    """MiLe loss (Su et al. 2023): CE re-weighted by (sigma + H)^gamma, H detached.
+
+    w_t = (sigma + H_t)^gamma, alpha = 1 / mean_t(w_t) (no gradient), loss =
+    mean_t(alpha w_t CE_t). With gamma = 0, w = alpha = 1 and the loss is exactly CE.
+    """
+    mask = mask_bt.astype(jnp.float32)
+    ce_bt, _ = token_cross_entropy(logits_btv, targets_bt)
+    h_bt = jax.lax.stop_gradient(entropy(logits_btv))
+    w_bt = (sigma + h_bt) ** gamma
+    alpha = jax.lax.stop_gradient(1.0 / jnp.maximum(_masked_mean(w_bt, mask), 1e-12))
+    loss = _masked_mean(alpha * w_bt * ce_bt, mask)
+    return loss, {"ce": _masked_mean(ce_bt, mask), "mile/entropy": _masked_mean(h_bt, mask),
+                  "mile/alpha": alpha, "num_tokens": jnp.sum(mask)}
+
+
+def max_z_loss(logits_btv, mask_bt, weight: float = 2e-4):
+    """Baichuan 2 max-z loss: weight * mean over real tokens of (max_v z)^2."""
+    zmax_bt = jnp.max(logits_btv.astype(jnp.float32), axis=-1)
+    loss = weight * _masked_mean(jnp.square(zmax_bt), mask_bt.astype(jnp.float32))
+    return loss, {"max_z": loss}
+
+
+def z_loss(logits_btv, mask_bt, weight: float = 1e-4):
+    """PaLM z-loss: weight * mean over real tokens of logsumexp(z)^2."""
+    lse_bt = jax.nn.logsumexp(logits_btv.astype(jnp.float32), axis=-1)
+    loss = weight * _masked_mean(jnp.square(lse_bt), mask_bt.astype(jnp.float32))
+    return loss, {"z_loss": loss}
+
+
+def per_position_loss(logits_btv, targets_bt, mask_bt, positions_bt, max_len: int):
+    """Sum and count of CE per position-within-document (temporal scaling law input).
+
+    Returns ``sum_l`` and ``count_l`` of shape [max_len]; accumulate sums across the
+    validation set and divide at the end (never average per batch first).
+    """
+    mask = mask_bt.astype(jnp.float32)
+    ce_bt, _ = token_cross_entropy(logits_btv, targets_bt)
+    pos = jnp.clip(positions_bt, 0, max_len - 1).reshape(-1)
+    sums = jnp.zeros((max_len,), jnp.float32).at[pos].add((ce_bt * mask).reshape(-1))
+    counts = jnp.zeros((max_len,), jnp.float32).at[pos].add(mask.reshape(-1))
+    return sums, counts
+
+
+def lm_loss(logits_btv, targets_bt, mask_bt, cfg: Mapping):
+    """The pretraining objective chosen in config: CE or MiLe, plus max-z and z-loss."""
+    name = cfg["name"]
+    if name == "ce":
+        loss, metrics = cross_entropy(logits_btv, targets_bt, mask_bt)
+    elif name == "mile":
+        loss, metrics = mile_loss(logits_btv, targets_bt, mask_bt, cfg["mile_gamma"])
+    else:
+        raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")
+    if cfg.get("max_z_weight", 0.0):
+        extra, m = max_z_loss(logits_btv, mask_bt, cfg["max_z_weight"])
+        loss, metrics = loss + extra, {**metrics, **m}
+    if cfg.get("z_loss_weight", 0.0):
+        extra, m = z_loss(logits_btv, mask_bt, cfg["z_loss_weight"])
+        loss, metrics = loss + extra, {**metrics, **m}
+    return loss, {**metrics, "loss": loss}

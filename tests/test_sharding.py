@@ -1,0 +1,111 @@
+"""Mesh construction, rule presets, replication check and 1-vs-8-device equality."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kyx import sharding
+from kyx.errors import ConfigError
+from kyx.model import Decoder, ModelConfig
+from kyx.model.params import init_params, param_shardings
+from kyx.objectives.lm import default_config as loss_defaults
+from kyx.train.lm_loss import make_loss_fn
+
+CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  ffn_dim=128)
+
+
+def test_mesh_infers_axis_and_rejects_bad_sizes():
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 2})
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1, "expert": 1}
+    with pytest.raises(ConfigError, match="multiply to 6 but 8 devices"):
+        sharding.make_mesh({"data": 3, "fsdp": 2})
+    with pytest.raises(ConfigError, match="cannot infer"):
+        sharding.make_mesh({"data": -1, "fsdp": 3})
+    with pytest.raises(ConfigError, match="unknown mesh axes"):
+        sharding.make_mesh({"dta": 8})
+
+
+def test_batch_must_divide_batch_shards():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    sharding.check_batch(16, mesh, sharding.get_rules("fsdp"))
+    with pytest.raises(ConfigError, match="not divisible by the 8 batch shards"):
+        sharding.check_batch(12, mesh, sharding.get_rules("fsdp"))
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ConfigError, match="fsdp_tp"):
+        sharding.get_rules("zero3")
+
+
+def test_constraint_drops_axes_that_do_not_divide():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rules = sharding.get_rules("fsdp_tp")
+    spec = sharding.logical_to_spec(("vocab", "embed"), mesh, rules, shape=(7, 64))
+    assert spec == jax.sharding.PartitionSpec(None, "fsdp")
+    spec = sharding.logical_to_spec(("act_batch", "act_length"), mesh, rules, shape=(8, 16))
+    assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+
+
+def test_replication_check_passes_fsdp_and_names_offenders_under_dp():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    model = Decoder(CFG)
+    shardings, abstract = param_shardings(model, mesh, "fsdp")
+    assert sharding.check_replication(shardings, abstract, mesh, "fsdp") <= 0.02
+    dp_shardings, _ = param_shardings(model, mesh, "dp")
+    frac, _, offenders = sharding.replication_report(dp_shardings, abstract)
+    assert frac > 0.5
+    assert [o[1] for o in offenders] == sorted((o[1] for o in offenders), reverse=True)
+    assert "['layers']" in offenders[0][0]
+    with pytest.raises(ConfigError, match="replicated under preset 'fsdp'"):
+        sharding.check_replication(dp_shardings, abstract, mesh, "fsdp")
+
+
+def _batch(seed=0, b=8, t=16):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32)
+    seg = np.ones((b, t), np.int32)
+    seg[:, t // 2:] = 2
+    seg[0, -3:] = 0
+    pos = np.concatenate([np.arange(t // 2), np.arange(t - t // 2)])[None].repeat(b, 0)
+    return {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": seg,
+            "positions": pos.astype(np.int32), "loss_mask": (seg > 0).astype(np.float32)}
+
+
+def _loss_and_grads(mesh, preset, loss_cfg):
+    model = Decoder(CFG)
+    rules = sharding.get_rules(preset)
+    params = init_params(model, jax.random.key(0), mesh, rules)
+    shardings, _ = param_shardings(model, mesh, rules)
+    batch_sh = sharding.named_sharding(("act_batch", "act_length"), mesh, rules)
+    batch = jax.device_put(_batch(), batch_sh)
+    fn = jax.value_and_grad(make_loss_fn(model, loss_cfg), has_aux=True)
+    step = jax.jit(fn, in_shardings=(shardings, batch_sh),
+                   out_shardings=((None, None), shardings))
+    with sharding.use_mesh(mesh, rules):
+        (loss, _), grads = step(params, batch)
+    return float(loss), jax.device_get(grads), grads
+
+
+MESHES = {
+    "dp": {"data": 8},
+    "fsdp": {"data": 2, "fsdp": 4},
+    "fsdp_tp": {"data": 2, "fsdp": 2, "tensor": 2},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(MESHES))
+@pytest.mark.parametrize("loss_name", ["ce", "mile"])
+def test_eight_devices_equal_one_device(preset, loss_name):
+    loss_cfg = loss_defaults().to_dict()
+    loss_cfg.update(name=loss_name, max_z_weight=2e-4)
+    one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    loss1, grads1, _ = _loss_and_grads(one, preset, loss_cfg)
+    eight = sharding.make_mesh(MESHES[preset])
+    loss8, grads8, sharded = _loss_and_grads(eight, preset, loss_cfg)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    if preset != "dp":  # parameters (and so gradients) really are split over devices
+        wq = sharded["layers"]["attn"]["wq"]
+        assert not wq.sharding.is_fully_replicated
