@@ -9,7 +9,7 @@ from kyx.errors import ConfigError
 from kyx.model import Decoder, ModelConfig
 from kyx.model.params import init_params, param_shardings
 from kyx.objectives.lm import default_config as loss_defaults
-from kyx.train.lm_loss import make_loss_fn
+from kyx.train.pretrain import make_loss_fn
 
 CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                   ffn_dim=128)

@@ -1,0 +1,66 @@
+"""Pretraining a decoder LM on the embedded corpus (the Python standard library's source).
+
+Run the tiny preset (about two minutes on 2 CPU cores):
+
+    kyx train --config configs/pretrain.py:tiny --workdir runs/tiny
+
+Presets: tiny (CPU smoke run), small (the CPU benchmark size), 1b and 7b (TPU/GPU meshes,
+e.g. --config.mesh.fsdp=-1 --config.mesh.data=1). Override any field with
+--config.a.b=value, e.g. --config.loss.name=mile --config.loss.max_z_weight=2e-4.
+"""
+import ml_collections
+
+from kyx.data import pipeline
+from kyx.model import config as model_config
+from kyx.objectives import lm
+from kyx.train import defaults
+
+PRESETS = {
+    "tiny": dict(model=dict(d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                            vocab_size=4096, max_seq_len=128),
+                 data=dict(seq_len=128, batch_size=16, eval_batches=8,
+                           tokenizer=dict(vocab_size=4096)),
+                 train=dict(steps=1200, eval_every=300, log_every=20),
+                 optim=dict(lr=3e-3, warmup_steps=100)),
+    "small": dict(model=dict(d_model=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                             vocab_size=8192, max_seq_len=512),
+                  data=dict(seq_len=512, batch_size=8, eval_batches=8,
+                            tokenizer=dict(vocab_size=8192)),
+                  train=dict(steps=2000, eval_every=500, log_every=10),
+                  optim=dict(lr=1e-3, warmup_steps=200)),
+    "1b": dict(model=dict(d_model=2048, num_layers=16, num_heads=16, num_kv_heads=8,
+                          vocab_size=32768, max_seq_len=2048, dtype="bfloat16", remat="dots"),
+               data=dict(seq_len=2048, batch_size=256, eval_batches=16,
+                         tokenizer=dict(vocab_size=32768)),
+               train=dict(steps=100_000, eval_every=1000, log_every=50),
+               optim=dict(lr=3e-4, warmup_steps=2000),
+               mesh=dict(data=1, fsdp=-1)),
+    "7b": dict(model=dict(d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                          vocab_size=65536, max_seq_len=4096, dtype="bfloat16", remat="full"),
+               data=dict(seq_len=4096, batch_size=512, eval_batches=16,
+                         tokenizer=dict(vocab_size=65536)),
+               train=dict(steps=500_000, eval_every=2000, log_every=100),
+               optim=dict(lr=2e-4, warmup_steps=2000, clip_norm=0.5),
+               mesh=dict(data=1, fsdp=-1, tensor=1, rules="fsdp")),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    cfg = defaults.base_config()
+    cfg.trainer = "pretrain"
+    cfg.model = model_config.default_config()
+    cfg.data = pipeline.default_config()
+    cfg.loss = lm.default_config()
+    preset = arg or "tiny"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    _merge(cfg, PRESETS[preset])
+    return cfg
+
+
+def _merge(cfg, updates):
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            _merge(cfg[key], value)
+        else:
+            cfg[key] = value

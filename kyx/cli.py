@@ -1,0 +1,77 @@
+"""Command line: `kyx train | sample`.
+
+    kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
+    kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
+               --top-k K --top-p P --seed S]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kyx.errors import KyxError
+
+
+def _train(argv) -> int:
+    from kyx import config as config_lib
+    from kyx import distributed
+
+    spec, overrides, rest = config_lib.parse_cli(argv)
+    parser = argparse.ArgumentParser(prog="kyx train")
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args(rest)
+    if spec is None:
+        parser.error("--config PATH[:PRESET] is required (e.g. configs/pretrain.py:tiny)")
+    distributed.maybe_initialize()
+    cfg = config_lib.load(spec, overrides)
+    from kyx.train import loop, registry
+
+    trainer = registry.build(cfg)
+    last = loop.run(trainer, args.workdir)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items())
+                        if k in ("train/loss", "eval/loss", "eval/perplexity"))
+    print(f"done: {args.workdir} ({summary})", flush=True)
+    return 0
+
+
+def _sample(argv) -> int:
+    parser = argparse.ArgumentParser(prog="kyx sample")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--step", type=int, default=-1)
+    args = parser.parse_args(argv)
+    from kyx.api import load
+
+    model = load(args.workdir, args.step)
+    text = model.generate(args.prompt, max_tokens=args.max_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          seed=args.seed)
+    print(args.prompt + text, flush=True)
+    return 0
+
+
+COMMANDS = {"train": _train, "sample": _sample}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}")
+            return 2
+        return 0
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except KyxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

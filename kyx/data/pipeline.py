@@ -1,0 +1,269 @@
+"""Grain input pipeline: corpus -> shuffled documents -> tokens -> packed rows -> batches.
+
+Training reads the train split in a seeded index shuffle (a new permutation
+each epoch), tokenizes each document as BOS + text + EOS, then concatenates
+documents and cuts them into rows of ``seq_len`` (grain's
+``ConcatThenSplitIterDataset``): a document that does not fit is continued in
+the next row, so rows carry no padding. Evaluation makes one ordered pass over
+the validation split; its last row and last batch are zero-padded.
+
+Every batch is a dict of ``[B_local, seq_len]`` arrays::
+
+  tokens       int32   token ids; pad_id where segment_ids == 0
+  targets      int32   tokens[t + 1] if it is in the same segment, else pad_id
+  segment_ids  int32   1, 2, 3, ... per document piece in the row; 0 = padding
+  positions    int32   0, 1, 2, ... within each segment (restarts per piece)
+  loss_mask    float32 1.0 where targets is a real next token of the same
+                       document piece; 0.0 on each segment's last token and padding
+
+A document cut across rows becomes one segment per row, and the token at the
+cut has no target (its next token starts the next row). The global batch is
+built identically on every process; process ``i`` of ``n`` keeps rows
+``[i * B / n, (i + 1) * B / n)``, so the stream does not depend on the number
+of processes and one iterator state serves them all.
+
+Iterators are grain ``DatasetIterator``s: ``get_state()`` returns a small
+JSON-able dict and ``set_state()`` restores it so that the following batches
+are exactly those an uninterrupted run would produce.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import grain
+from absl import flags
+import ml_collections
+import numpy as np
+
+from kyx.data.corpus import Corpus, default_data_dir, load_corpus
+from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
+from kyx.errors import ConfigError, DataError
+
+ROLES = ("train", "validation")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Data config; ``batch_size`` is the global batch (all processes together)."""
+    c = ml_collections.ConfigDict()
+    c.name = "stdlib"          # 'stdlib' | 'text_files' | 'tfds:<dataset>[/config][:version]'
+    c.path = ""                # text_files: directory, file or glob
+    c.data_dir = ""            # '' = $KYX_DATA_DIR or ~/.cache/kyx/data (tfds: tfds default)
+    c.text_feature = "text"    # tfds datasets: which feature holds the text
+    c.train_split = "train"    # tfds split names; slicing such as 'train[:98%]' works
+    c.eval_split = "validation"
+    c.val_fraction = 0.02      # local corpora: share of files (by path hash) in validation
+    c.min_val_files = 2
+    c.max_files = 0            # local corpora: cap on files read (0 = all)
+    c.seq_len = 512
+    c.batch_size = 16
+    c.seed = 0
+    c.num_epochs = 0           # train: 0 = repeat forever
+    c.eval_batches = 0         # validation: 0 = one full pass, else at most this many
+    c.worker_count = 0         # grain worker processes (0 = in-process)
+    c.read_threads = 2         # threads tokenizing documents ahead of packing
+    c.prefetch = 32            # documents tokenized ahead, per iterator
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.vocab_size = 4096
+    c.tokenizer.model_path = ""       # existing .model file; '' = train (cached) on the corpus
+    c.tokenizer.sample_bytes = 8 << 20  # training text read from the train split
+    return c
+
+
+def record_text(record: Any, feature: str) -> tuple[str | None, str | None]:
+    """Text of a record, or (None, reason) with reason 'invalid_utf8' or 'empty'."""
+    value = record
+    for key in feature.split("/"):
+        value = value[key]
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid_utf8"
+    if not isinstance(value, str):
+        raise DataError(f"Feature {feature!r} holds {type(value).__name__}, not text; "
+                        f"set data.text_feature to a text feature.")
+    return (value, None) if value.strip() else (None, "empty")
+
+
+class ReadStats:
+    """Records skipped while reading, by reason (counted each time they are read).
+
+    Exact with ``worker_count=0``; worker processes keep their own counts.
+    Malformed files of local corpora are already dropped when the corpus is
+    built; see ``Corpus.stats``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts = {"invalid_utf8": 0, "empty": 0}
+
+    def add(self, reason: str) -> None:
+        with self._lock:
+            self.counts[reason] += 1
+
+    def __getstate__(self):
+        return {"counts": dict(self.counts)}
+
+    def __setstate__(self, state):
+        self.__init__()
+        self.counts.update(state["counts"])
+
+
+class Tokenize(grain.transforms.Map):
+    """Record -> {'tokens': BOS + ids + EOS}, or None (skipped and counted) if malformed.
+
+    BOS starts every document so that generation from BOS + prompt (kyx.load(...).generate)
+    sees the same context a document start had in training."""
+
+    def __init__(self, tokenizer: Tokenizer, feature: str, stats: ReadStats):
+        self.tokenizer, self.feature, self.stats = tokenizer, feature, stats
+
+    def map(self, record):
+        text, reason = record_text(record, self.feature)
+        if text is None:
+            self.stats.add(reason)
+            return None
+        ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text), self.tokenizer.eos_id]
+        return {"tokens": np.asarray(ids, dtype=np.int32)}
+
+
+def next_token_targets(tokens: np.ndarray, segment_ids: np.ndarray,
+                       pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, loss_mask) for packed rows: next token within the same segment."""
+    same = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
+    targets = np.full_like(tokens, pad_id)
+    targets[:, :-1] = np.where(same, tokens[:, 1:], pad_id)
+    loss_mask = np.zeros(tokens.shape, np.float32)
+    loss_mask[:, :-1] = same
+    return targets, loss_mask
+
+
+class MakeBatch:
+    """Stacks packed rows, zero-pads to the global batch, keeps this process's rows."""
+
+    def __init__(self, rows: int, pad_id: int, process_index: int, process_count: int):
+        local = rows // process_count
+        self.rows, self.pad_id = rows, pad_id
+        self.keep = slice(process_index * local, (process_index + 1) * local)
+
+    def __call__(self, elements: list[dict]) -> dict[str, np.ndarray]:
+        def stack(key):
+            x = np.stack([e[key] for e in elements]).astype(np.int32)
+            if len(x) < self.rows:
+                x = np.concatenate([x, np.zeros((self.rows - len(x), x.shape[1]), np.int32)])
+            return x[self.keep]
+
+        segment_ids, positions = stack("tokens_segment_ids"), stack("tokens_positions")
+        tokens = np.where(segment_ids == 0, self.pad_id, stack("tokens")).astype(np.int32)
+        targets, loss_mask = next_token_targets(tokens, segment_ids, self.pad_id)
+        return {"tokens": tokens, "targets": targets, "segment_ids": segment_ids,
+                "positions": positions, "loss_mask": loss_mask}
+
+
+class BatchIterator(grain.DatasetIterator):
+    """The pipeline's iterator: grain state for checkpoints plus ``stats``."""
+
+    def __init__(self, parent: grain.DatasetIterator, read_stats: ReadStats, corpus: Corpus):
+        super().__init__(parent)
+        self._read_stats, self._corpus_stats = read_stats, dict(corpus.stats)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+    def close(self) -> None:
+        if hasattr(self._parent, "close"):
+            self._parent.close()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """{'corpus': build-time stats, 'skipped_while_reading': {reason: count}}."""
+        return {"corpus": self._corpus_stats,
+                "skipped_while_reading": dict(self._read_stats.counts)}
+
+
+def _check(cfg, process_index: int, process_count: int) -> None:
+    if cfg.seq_len < 2:
+        raise ConfigError(f"data.seq_len must be >= 2, got {cfg.seq_len}.")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.batch_size}.")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"data.seed must be in [0, 2**32), got {cfg.seed}.")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise DataError(f"process_index={process_index} is not in [0, {process_count}).")
+    if cfg.batch_size % process_count:
+        raise DataError(f"Global batch size {cfg.batch_size} is not divisible by "
+                        f"{process_count} processes; make data.batch_size a multiple of it.")
+
+
+def make_dataset(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train", *,
+                 process_index: int = 0, process_count: int = 1,
+                 stats: ReadStats | None = None) -> grain.IterDataset:
+    """Batches for ``split`` ('train': shuffled, repeated; 'validation': one ordered pass)."""
+    if split not in ROLES:
+        raise ConfigError(f"split must be one of {ROLES}, got {split!r}.")
+    _check(cfg, process_index, process_count)
+    train = split == "train"
+    source = corpus.source(cfg.train_split if train else cfg.eval_split)
+    if len(source) == 0:
+        raise DataError(f"Split {split!r} of corpus {corpus.name!r} is empty.")
+    ds = grain.MapDataset.source(source)
+    if train:
+        ds = ds.shuffle(seed=cfg.seed).repeat(cfg.num_epochs or None)
+    ds = ds.map(Tokenize(tokenizer, corpus.text_feature, stats or ReadStats()))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                              prefetch_buffer_size=cfg.prefetch))
+    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": cfg.seq_len})
+    make_batch = MakeBatch(cfg.batch_size, tokenizer.pad_id, process_index, process_count)
+    ds = ds.batch(cfg.batch_size, drop_remainder=train, batch_fn=make_batch)
+    if not train and cfg.eval_batches:
+        ds = grain.experimental.LimitIterDataset(ds, cfg.eval_batches)
+    if cfg.worker_count:
+        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; keep their defaults
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+    return ds
+
+
+def make_iterator(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train", *,
+                  process_index: int = 0, process_count: int = 1) -> BatchIterator:
+    """A fresh iterator over ``split``; restore a checkpoint with ``it.set_state(state)``."""
+    stats = ReadStats()
+    ds = make_dataset(cfg, corpus, tokenizer, split, process_index=process_index,
+                      process_count=process_count, stats=stats)
+    return BatchIterator(iter(ds), stats, corpus)
+
+
+def corpus_texts(corpus: Corpus, split: str, seed: int = 0):
+    """Yields the valid texts of a split in a seeded shuffled order (lazily)."""
+    for record in grain.MapDataset.source(corpus.source(split)).shuffle(seed=seed):
+        text, _ = record_text(record, corpus.text_feature)
+        if text is not None:
+            yield text
+
+
+def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
+    """Loads ``tokenizer.model_path``, else trains on the train split (cached by fingerprint)."""
+    tcfg = cfg.tokenizer
+    if tcfg.model_path:
+        return SentencePieceTokenizer.from_file(tcfg.model_path)
+    cache_dir = os.path.join(cfg.data_dir or default_data_dir(), "tokenizers")
+    # A fixed sampling seed: the tokenizer must not change with the data order seed.
+    return train_sentencepiece(corpus_texts(corpus, cfg.train_split), vocab_size=tcfg.vocab_size,
+                               cache_dir=cache_dir, corpus_id=corpus.fingerprint,
+                               max_bytes=tcfg.sample_bytes)
+
+
+def prepare(cfg) -> tuple[Corpus, Tokenizer]:
+    """Builds or loads the corpus and the tokenizer named by the data config."""
+    corpus = load_corpus(cfg)
+    return corpus, make_tokenizer(cfg, corpus)

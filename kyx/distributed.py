@@ -1,0 +1,37 @@
+"""Multi-host start-up: `jax.distributed.initialize()` when a cluster launched us.
+
+Detected launchers: an explicit JAX coordinator (JAX_COORDINATOR_ADDRESS), Cloud TPU pod
+slices (TPU_WORKER_HOSTNAMES with more than one host, or MEGASCALE_* multislice), SLURM
+jobs with more than one task, and Open MPI (OMPI_COMM_WORLD_SIZE > 1). Otherwise kyx runs
+as a single process. Must run before any other JAX call.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+_started = False
+
+
+def cluster_detected(env=os.environ) -> bool:
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return True
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
+        return True
+    return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def maybe_initialize() -> None:
+    """Initialise the JAX distributed runtime once, if this process is part of a cluster."""
+    global _started
+    if _started or not cluster_detected():
+        return
+    jax.distributed.initialize()
+    _started = True
+    print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)

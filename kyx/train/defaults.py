@@ -1,0 +1,37 @@
+"""Defaults shared by every trainer config: train loop, mesh, checkpointing."""
+from __future__ import annotations
+
+import ml_collections
+
+from kyx.checkpoint import manager
+from kyx.train import optim
+
+
+def train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "steps": 1000,
+        "seed": 0,
+        "log_every": 10,
+        "eval_every": 200,
+        "nan_policy": "skip",     # "skip": drop the update and go on; "stop": save and raise
+        "measure_mfu": True,      # measure this machine's matmul peak once at start
+    })
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "data": -1, "fsdp": 1, "tensor": 1, "expert": 1,
+        "rules": "fsdp",          # dp | fsdp | fsdp_tp (see kyx/sharding.py)
+    })
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Sections every trainer has; the trainer config adds model / data / loss."""
+    return ml_collections.ConfigDict({
+        "trainer": "pretrain",
+        "init_from": "",
+        "train": train_config(),
+        "optim": optim.default_config(),
+        "mesh": mesh_config(),
+        "checkpoint": manager.default_config(),
+    })

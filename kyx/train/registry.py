@@ -1,0 +1,15 @@
+"""Map `config.trainer` to the module whose `build(config)` returns a Trainer."""
+from __future__ import annotations
+
+import importlib
+
+from kyx.errors import ConfigError
+
+TRAINERS = {"pretrain": "kyx.train.pretrain"}
+
+
+def build(cfg):
+    name = cfg.trainer
+    if name not in TRAINERS:
+        raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
+    return importlib.import_module(TRAINERS[name]).build(cfg)

@@ -1,0 +1,167 @@
+"""The shared training loop: resume, preemption, corruption fallback, NaN policy, init_from."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import kyx
+from kyx import config as config_lib
+from kyx.cli import main as cli_main
+from kyx.metrics import read_metrics
+from kyx.train import loop, pretrain
+from kyx.train.loop import NonFiniteLoss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRETRAIN = os.path.join(ROOT, "configs", "pretrain.py")
+
+
+def _run(overrides, workdir, extra=()):
+    cfg = config_lib.load(PRETRAIN + ":tiny", list(overrides) + list(extra))
+    return loop.run(pretrain.build(cfg), str(workdir))
+
+
+def _losses(workdir):
+    return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+def _cli(workdir, overrides, steps):
+    args = [sys.executable, "-m", "kyx", "train", "--config", PRETRAIN + ":tiny",
+            "--workdir", str(workdir), f"--config.train.steps={steps}"]
+    args += [f"--config.{o}" for o in overrides]
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True)
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            if max(_losses(workdir), default=0) >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp_path):
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    ref = _cli(ref_dir, fast_overrides, 14)
+    assert ref.wait() == 0, ref.stdout.read()
+    proc = _cli(killed_dir, fast_overrides, 14)
+    _wait_for_step(killed_dir, 10, proc)  # checkpoint 8 is committed (sync saves)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _cli(killed_dir, fast_overrides, 14)
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert "resumed from" in out
+    ref_losses, got = _losses(ref_dir), _losses(killed_dir)
+    assert sorted(got) == list(range(1, 15))
+    assert got == ref_losses  # bit-exact per-step losses
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits(fast_overrides, tmp_path):
+    proc = _cli(tmp_path, fast_overrides, 100000)
+    _wait_for_step(tmp_path, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "received signal" in out
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps and steps[-1] == max(_losses(tmp_path))
+
+
+def test_resume_corrupted_latest_falls_back(fast_overrides, tmp_path, capsys):
+    _run(fast_overrides, tmp_path, ["train.steps=8"])
+    ckpt8 = tmp_path / "checkpoints" / "8" / "state"
+    for root, _, files in os.walk(ckpt8):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    _run(fast_overrides, tmp_path, ["train.steps=10"])
+    out = capsys.readouterr().out
+    assert "checkpoint step 8" in out and "falling back" in out
+    assert "resumed from" in out and out.split("resumed from")[1].split()[0].endswith("/4")
+    assert max(_losses(tmp_path)) == 10
+
+
+def test_nan_policy_skip_and_stop(fast_overrides, tmp_path):
+    def poisoned(cfg):
+        trainer = pretrain.build(cfg)
+        inner = trainer.train_iter
+
+        class Poison:
+            n = 0
+
+            def __next__(self):
+                batch = next(inner)
+                Poison.n += 1
+                if Poison.n == 3:
+                    batch = {**batch, "loss_mask": batch["loss_mask"] * np.nan}
+                return batch
+
+            def get_state(self):
+                return inner.get_state()
+
+            def set_state(self, s):
+                inner.set_state(s)
+        trainer.train_iter = Poison()
+        return trainer
+
+    cfg = config_lib.load(PRETRAIN + ":tiny", fast_overrides + ["train.steps=5"])
+    loop.run(poisoned(cfg), str(tmp_path / "skip"))
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "skip") if "train/loss" in r}
+    assert rows[3]["train/skipped"] == 1.0 and np.isnan(rows[3]["train/loss"])
+    assert all(rows[s]["train/skipped"] == 0.0 and np.isfinite(rows[s]["train/loss"])
+               for s in (1, 2, 4, 5))
+    cfg = config_lib.load(PRETRAIN + ":tiny", fast_overrides + ["train.steps=5",
+                                                                "train.nan_policy=stop"])
+    with pytest.raises(NonFiniteLoss, match="non-finite loss/gradient at step 3"):
+        loop.run(poisoned(cfg), str(tmp_path / "stop"))
+
+
+def test_init_from_loads_params_only(fast_overrides, tmp_path):
+    _run(fast_overrides, tmp_path / "a", ["train.steps=4"])
+    _run(fast_overrides, tmp_path / "b",
+         ["train.steps=1", f"init_from={tmp_path / 'a'}", "optim.lr=0.0"])
+    a, b = kyx.load(str(tmp_path / "a")), kyx.load(str(tmp_path / "b"))
+    assert b.config.init_from == str(tmp_path / "a")
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    text = b.generate("import ", max_tokens=8, temperature=0.0)
+    assert isinstance(text, str)
+
+
+def test_cli_unknown_key_suggests(fast_overrides, tmp_path, capsys):
+    code = cli_main(["train", "--config", PRETRAIN + ":tiny", "--workdir", str(tmp_path),
+                     "--config.model.num_layer=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "model.num_layers" in err
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_train_writes_artifacts_and_sample_cli(fast_overrides, tmp_path, capsys):
+    _run(fast_overrides, tmp_path, ["train.steps=6"])
+    names = set(os.listdir(tmp_path))
+    assert {"config.json", "metrics.jsonl", "tokenizer.model", "loss_curve.png",
+            "eval_stats.jsonl", "tb", "checkpoints"} <= names
+    rows = read_metrics(tmp_path)
+    assert any("eval/loss" in r and "train/loss" in r for r in rows if r["step"] == 6)
+    stats = json.loads(open(tmp_path / "eval_stats.jsonl").read().splitlines()[-1])
+    assert len(stats["per_position_loss_sum"]) == 32 and sum(stats["per_position_count"]) > 0
+    resolved = config_lib.load_json(tmp_path / "config.json")
+    assert resolved.model.d_model == 32
+    assert cli_main(["sample", "--workdir", str(tmp_path), "--prompt", "def ",
+                     "--max-tokens", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("def ")
