@@ -1,0 +1,1 @@
+"""Checkpointing: Orbax manager and ExCP residual compression."""
