@@ -3,7 +3,8 @@
 Detected launchers: an explicit JAX coordinator (JAX_COORDINATOR_ADDRESS), Cloud TPU pod
 slices (TPU_WORKER_HOSTNAMES with more than one host, or MEGASCALE_* multislice), SLURM
 jobs with more than one task, and Open MPI (OMPI_COMM_WORLD_SIZE > 1). Otherwise kyx runs
-as a single process. Must run before any other JAX call.
+as a single process. Must run before any other JAX call. With only JAX_COORDINATOR_ADDRESS
+set, also set JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host.
 """
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ def maybe_initialize() -> None:
     global _started
     if _started or not cluster_detected():
         return
-    jax.distributed.initialize()
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+        # explicit launch without a scheduler: JAX reads only the coordinator address itself
+        kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                  "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    jax.distributed.initialize(**kwargs)
     _started = True
     print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
           f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)

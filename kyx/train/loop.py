@@ -128,8 +128,12 @@ def run(trainer: Trainer, workdir: str) -> dict:
     t0, tok0 = time.perf_counter(), 0
     step = start
 
+    saved = {start} if restored is not None else set()
+
     def save(step, force=False):
-        ckpt.save(step, state, trainer.train_iter.get_state(), cfg.to_dict(), force=force)
+        if step not in saved:  # a preemption right after a periodic save has nothing new
+            ckpt.save(step, state, trainer.train_iter.get_state(), cfg.to_dict(), force=force)
+            saved.add(step)
 
     with _Preemption() as preempt, sharding.use_mesh(mesh, rules):
         while step < total:
