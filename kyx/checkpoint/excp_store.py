@@ -1,0 +1,190 @@
+"""ExCP on-disk chain format: step files of checksummed coder frames, plus a JSON manifest.
+
+Step file:  MAGIC | blob 0 | blob 1 | ... | footer JSON | u64 footer length (LE) | MAGIC
+Each blob is one coder frame (zstd / lzma / none) whose blake2b-128 digest, offset and
+length are in the footer; the footer's own digest is in the manifest. Files and the
+manifest are written to a temporary name, fsynced and renamed (atomic on POSIX).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import struct
+
+import numpy as np
+import zstandard
+
+from kyx.errors import CheckpointError
+
+MAGIC = b"KYXEXCP\x01"
+MANIFEST = "manifest.json"
+CODERS = ("zstd", "lzma", "none")
+_TAIL = struct.Struct("<Q8s")
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def compress(raw: bytes, coder: str, level: int | None = None) -> bytes:
+    if coder == "zstd":
+        return zstandard.ZstdCompressor(level=3 if level is None else level).compress(raw)
+    if coder == "lzma":
+        return lzma.compress(raw, preset=6 if level is None else level)
+    if coder == "none":
+        return bytes(raw)
+    raise ValueError(f"coder must be one of {CODERS}, got {coder!r}")
+
+
+def decompress(data: bytes, coder: str) -> bytes:
+    if coder == "zstd":
+        return zstandard.ZstdDecompressor().decompress(data)
+    if coder == "lzma":
+        return lzma.decompress(data)
+    if coder == "none":
+        return data
+    raise ValueError(f"unknown coder {coder!r}")
+
+
+def shuffle32(x: np.ndarray) -> bytes:
+    """Bytes of a 4-byte-per-entry array grouped by byte plane (helps the coder on floats)."""
+    return np.ascontiguousarray(x).view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def unshuffle32(raw: bytes, dtype) -> np.ndarray:
+    planes = np.frombuffer(raw, np.uint8).reshape(4, -1)
+    return planes.T.copy(order="C").view(dtype).reshape(-1)
+
+
+def _fsync_replace(tmp: str, path: str) -> None:
+    os.replace(tmp, path)
+    try:  # make the rename durable; not every filesystem supports fsync on a directory
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_replace(tmp, path)
+
+
+def read_manifest(root: str) -> dict | None:
+    path = os.path.join(root, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"ExCP manifest {path} is unreadable: {e}") from e
+
+
+class StepWriter:
+    """Streams compressed blobs into a temporary step file; `finish` commits it."""
+
+    def __init__(self, path: str, coder: str, level: int | None):
+        self.path, self.coder, self.level = path, coder, level
+        self.tmp = f"{path}.tmp{os.getpid()}"
+        self.f = open(self.tmp, "wb")
+        self.f.write(MAGIC)
+        self.offset = len(MAGIC)
+
+    def add(self, raw: bytes) -> dict:
+        """Compress and append one blob; returns its {off, len, hash} footer entry."""
+        data = compress(raw, self.coder, self.level)
+        self.f.write(data)
+        entry = {"off": self.offset, "len": len(data), "hash": digest(data)}
+        self.offset += len(data)
+        return entry
+
+    def finish(self, footer: dict) -> tuple[int, str]:
+        """Write the footer, fsync and rename; returns (file bytes, footer digest)."""
+        body = json.dumps(footer, separators=(",", ":"), sort_keys=True).encode()
+        self.f.write(body)
+        self.f.write(_TAIL.pack(len(body), MAGIC))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        _fsync_replace(self.tmp, self.path)
+        return self.offset + len(body) + _TAIL.size, digest(body)
+
+    def abort(self) -> None:
+        self.f.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+class StepReader:
+    """Reads and verifies one step file; every failure is a CheckpointError naming `label`."""
+
+    def __init__(self, path: str, label: str, footer_hash: str | None = None):
+        self.path, self.label = path, label
+        if not os.path.exists(path):
+            raise CheckpointError(f"ExCP {label}: file {path} is missing (broken chain link)")
+        self.f = open(path, "rb")
+        try:
+            self.footer = self._read_footer(footer_hash)
+        except BaseException:
+            self.f.close()
+            raise
+        self.coder = self.footer.get("coder", "zstd")
+
+    def _read_footer(self, footer_hash: str | None) -> dict:
+        where = f"ExCP {self.label}: {self.path}"
+        try:
+            size = self.f.seek(0, os.SEEK_END)
+            if size < len(MAGIC) + _TAIL.size:
+                raise ValueError(f"only {size} bytes")
+            self.f.seek(size - _TAIL.size)
+            n, magic = _TAIL.unpack(self.f.read(_TAIL.size))
+            if magic != MAGIC or n > size - _TAIL.size - len(MAGIC):
+                raise ValueError("bad trailer")
+            self.f.seek(size - _TAIL.size - n)
+            body = self.f.read(n)
+            self.f.seek(0)
+            if self.f.read(len(MAGIC)) != MAGIC:
+                raise ValueError("bad header magic")
+        except (OSError, ValueError, struct.error) as e:
+            raise CheckpointError(f"{where} is truncated or corrupted ({e})") from e
+        if footer_hash is not None and digest(body) != footer_hash:
+            raise CheckpointError(f"{where} footer checksum mismatch (corrupted)")
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise CheckpointError(f"{where} footer is not valid JSON") from e
+
+    def blob(self, entry: dict, what: str) -> bytes:
+        """Decompressed bytes of one blob after checking its digest."""
+        try:
+            self.f.seek(entry["off"])
+            data = self.f.read(entry["len"])
+        except OSError as e:
+            raise CheckpointError(f"ExCP {self.label}, {what}: cannot read {self.path}: {e}") from e
+        if len(data) != entry["len"] or digest(data) != entry["hash"]:
+            raise CheckpointError(
+                f"ExCP {self.label}, {what}: blob checksum mismatch in {self.path} (corrupted)")
+        try:
+            return decompress(data, self.coder)
+        except Exception as e:  # zstd / lzma raise their own error types
+            raise CheckpointError(
+                f"ExCP {self.label}, {what}: cannot decompress blob in {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
