@@ -1,8 +1,9 @@
-"""Command line: `kyx train | sample`.
+"""Command line: `kyx train | sample | excp`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
                --top-k K --top-p P --seed S]
+    kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
 """
 from __future__ import annotations
 
@@ -55,7 +56,12 @@ def _sample(argv) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "sample": _sample}
+def _excp(argv) -> int:
+    from kyx.checkpoint import excp_cli
+    return excp_cli.main(argv)
+
+
+COMMANDS = {"train": _train, "sample": _sample, "excp": _excp}
 
 
 def main(argv=None) -> int:

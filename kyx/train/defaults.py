@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from kyx.checkpoint import manager
+from kyx.checkpoint import excp_archive, manager
 from kyx.train import optim
 
 
@@ -25,6 +25,12 @@ def mesh_config() -> ml_collections.ConfigDict:
     })
 
 
+def checkpoint_config() -> ml_collections.ConfigDict:
+    cfg = manager.default_config()
+    cfg.excp = excp_archive.default_config()
+    return cfg
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Sections every trainer has; the trainer config adds model / data / loss."""
     return ml_collections.ConfigDict({
@@ -33,5 +39,5 @@ def base_config() -> ml_collections.ConfigDict:
         "train": train_config(),
         "optim": optim.default_config(),
         "mesh": mesh_config(),
-        "checkpoint": manager.default_config(),
+        "checkpoint": checkpoint_config(),
     })

@@ -21,9 +21,9 @@ import numpy as np
 from kyx import config as config_lib
 from kyx import metrics as metrics_lib
 from kyx import sharding
-from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import KyxError
 from kyx.train import state as state_lib
+from kyx.train.checkpointing import RunCheckpoints
 
 
 @dataclasses.dataclass
@@ -92,15 +92,12 @@ def run(trainer: Trainer, workdir: str) -> dict:
     if jax.process_count() == 1 or "fsdp" in cfg.mesh.rules:
         sharding.check_replication(state_sh.params, abstract.params, mesh, cfg.mesh.rules)
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint.keep,
-                        cfg.checkpoint.async_save)
-    restored = ckpt.restore_latest(state_lib.with_shardings(abstract, state_sh),
-                                   cfg.checkpoint.resume_step)
+    ckpt = RunCheckpoints(workdir, cfg, abstract, state_sh)
+    restored = ckpt.restore()
     if restored is not None:
-        start, state, data_state, _ = restored
+        start, state, data_state = restored
         if data_state:
             trainer.train_iter.set_state(data_state)
-        print(f"resumed from {ckpt.step_dir(start)}", flush=True)
     else:
         start = 0
         params = trainer.init_params() if trainer.init_params else None
@@ -128,12 +125,8 @@ def run(trainer: Trainer, workdir: str) -> dict:
     t0, tok0 = time.perf_counter(), 0
     step = start
 
-    saved = {start} if restored is not None else set()
-
     def save(step, force=False):
-        if step not in saved:  # a preemption right after a periodic save has nothing new
-            ckpt.save(step, state, trainer.train_iter.get_state(), cfg.to_dict(), force=force)
-            saved.add(step)
+        ckpt.save(step, state, trainer.train_iter.get_state(), force=force)
 
     with _Preemption() as preempt, sharding.use_mesh(mesh, rules):
         while step < total:

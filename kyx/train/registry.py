@@ -13,3 +13,11 @@ def build(cfg):
     if name not in TRAINERS:
         raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
     return importlib.import_module(TRAINERS[name]).build(cfg)
+
+
+def build_step(cfg):
+    """(model, optimizer, step_fn) for `config.trainer`, without building data."""
+    name = cfg.trainer
+    if name not in TRAINERS:
+        raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
+    return importlib.import_module(TRAINERS[name]).build_step(cfg)

@@ -1,0 +1,118 @@
+"""`kyx excp compress | restore | stats`: ExCP on an existing workdir.
+
+    kyx excp compress --workdir DIR            compress every full checkpoint not yet in the chain
+    kyx excp restore --workdir DIR --step N --out DIR2
+                                               write step N as a normal workdir (Orbax checkpoint)
+    kyx excp stats --workdir DIR [--json]      compression ratio per checkpoint and tensor group
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import jax
+
+from kyx import config as config_lib
+from kyx.checkpoint import excp_archive
+from kyx.checkpoint.excp import ExcpChain
+from kyx.checkpoint.manager import Checkpointer
+from kyx.errors import CheckpointError
+
+
+def _abstract_state(workdir: str):
+    from kyx.train import registry
+    from kyx.train import state as state_lib
+    from kyx import sharding
+
+    cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
+    model, tx, _ = registry.build_step(cfg)
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    _, abstract = state_lib.state_shardings(model, tx, mesh, sharding.get_rules("dp"))
+    return cfg, abstract
+
+
+def compress(workdir: str) -> list[dict]:
+    cfg, abstract = _abstract_state(workdir)
+    chain = ExcpChain(excp_archive.chain_dir(workdir),
+                      excp_archive.options_from_config(cfg.checkpoint.excp))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    newest = chain.steps()[-1] if chain.steps() else -1
+    out = []
+    for step in ckpt.steps():
+        if step <= newest:
+            continue
+        data = ckpt.manager.restore(step, args=_data_args())["data"]
+        state = excp_archive.read_state_numpy(ckpt.step_dir(step), abstract)
+        out.append(excp_archive.append_state(chain, state, data))
+    return out
+
+
+def _data_args():
+    import orbax.checkpoint as ocp
+    return ocp.args.Composite(data=ocp.args.JsonRestore())
+
+
+def restore(workdir: str, step: int, out_dir: str) -> str:
+    cfg, abstract = _abstract_state(workdir)
+    chain = ExcpChain(excp_archive.chain_dir(workdir))
+    if step not in chain.steps():
+        raise CheckpointError(f"no ExCP step {step} in {chain.root}; available: {chain.steps()}")
+    state, data_state = excp_archive.state_from_chain(chain, step, abstract)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("config.json", "tokenizer.model"):
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.copy(os.path.join(workdir, name), os.path.join(out_dir, name))
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
+    ckpt.save(step, jax.tree.map(jax.numpy.asarray, state), data_state, cfg.to_dict(), force=True)
+    ckpt.close()
+    return os.path.join(out_dir, "checkpoints", str(step))
+
+
+def stats(workdir: str) -> list[dict]:
+    chain = ExcpChain(excp_archive.chain_dir(workdir))
+    if not chain.steps():
+        raise CheckpointError(f"no ExCP chain in {chain.root}; run `kyx excp compress` first")
+    return [chain.stats()[s] for s in chain.steps()]
+
+
+def format_stats(rows: list[dict]) -> str:
+    lines = [f"{'step':>8} {'MiB':>9} {'ratio':>7}  {'W MiB':>8} {'m MiB':>8} {'v MiB':>8}  "
+             f"{'W kept':>7} {'m kept':>7}  base"]
+    for r in rows:
+        g = r["groups"]
+        lines.append(
+            f"{r['step']:>8} {r['bytes'] / 2**20:>9.3f} {r['ratio']:>7.1f}  "
+            f"{g['w']['bytes'] / 2**20:>8.3f} {g['m']['bytes'] / 2**20:>8.3f} "
+            f"{g['v']['bytes'] / 2**20:>8.3f}  {g['w']['kept']:>7.3f} {g['m']['kept']:>7.3f}  "
+            f"{r['base']}")
+    total = sum(r["bytes"] for r in rows)
+    orig = sum(r["orig_bytes"] for r in rows)
+    lines.append(f"total {total / 2**20:.2f} MiB for {len(rows)} checkpoints "
+                 f"({orig / 2**20:.1f} MiB as fp32 W+m+v): {orig / max(total, 1):.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="kyx excp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["compress", "restore", "stats"])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--step", type=int)
+    parser.add_argument("--out")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.action == "compress":
+        rows = compress(args.workdir)
+        print(f"compressed {len(rows)} checkpoints")
+        rows = stats(args.workdir)
+    elif args.action == "restore":
+        if args.step is None or not args.out:
+            parser.error("restore needs --step N and --out DIR")
+        print(f"wrote {restore(args.workdir, args.step, args.out)}")
+        return 0
+    else:
+        rows = stats(args.workdir)
+    print("\n".join(json.dumps(r) for r in rows) if args.json else format_stats(rows))
+    return 0
