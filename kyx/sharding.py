@@ -38,6 +38,7 @@ _ACTIVATIONS_DP: Rules = (
     ("act_mlp", None),
     ("act_vocab", None),
     ("act_exp", None),
+    ("act_exp_batch", BATCH_AXES),
 )
 _ACTIVATIONS_TP: Rules = (
     ("act_batch", BATCH_AXES),
@@ -48,6 +49,15 @@ _ACTIVATIONS_TP: Rules = (
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     ("act_exp", None),
+    ("act_exp_batch", BATCH_AXES),
+)
+# Expert parallelism: the expert dimension of MoE weights and of dispatched tokens lives on
+# `expert`; dispatched tokens keep their remaining batch split over data x fsdp. Ordinary
+# activations are still split over all batch axes, so the dispatch is an all-to-all.
+_ACTIVATIONS_EP: Rules = tuple(
+    (k, v) for k, v in _ACTIVATIONS_DP if k not in ("act_exp", "act_exp_batch")) + (
+    ("act_exp", "expert"),
+    ("act_exp_batch", ("data", "fsdp")),
 )
 
 RULE_PRESETS: dict[str, Rules] = {
@@ -66,7 +76,15 @@ RULE_PRESETS: dict[str, Rules] = {
         ("layers", None), ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"),
         ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None), ("exp", None),
     ),
+    # Expert parallelism combined with FSDP: MoE expert weights split over `expert` along
+    # `exp` (and over `fsdp` along `embed`); everything else as in `fsdp`. With fsdp=1
+    # this is plain expert + data parallelism.
+    "ep": _ACTIVATIONS_EP + (
+        ("layers", None), ("vocab", None), ("embed", "fsdp"), ("mlp", None),
+        ("heads", None), ("kv_heads", None), ("head_dim", None), ("exp", "expert"),
+    ),
 }
+
 
 
 def get_rules(preset: str | Rules) -> Rules:
@@ -80,7 +98,7 @@ def get_rules(preset: str | Rules) -> Rules:
 
 
 def register_rules(name: str, rules: Rules) -> None:
-    """Add a preset (used by the MoE module for `ep`)."""
+    """Add a preset under a new name (e.g. an experiment's own rules)."""
     RULE_PRESETS[name] = tuple(rules)
 
 
@@ -254,7 +272,8 @@ def check_replication(shardings, abstract_tree, mesh: Mesh, preset: str,
     Applies to fsdp-style presets on multi-device meshes; returns the measured fraction.
     """
     frac, total, offenders = replication_report(shardings, abstract_tree)
-    if mesh.size > 1 and "fsdp" in preset and mesh.shape.get("fsdp", 1) > 1 and frac > max_fraction:
+    if (mesh.size > 1 and ("fsdp" in preset or preset == "ep") and mesh.shape.get("fsdp", 1) > 1
+            and frac > max_fraction):
         top = "\n".join(f"  {p}: {b / 2**20:.2f} MiB {s}" for p, b, s in offenders[:5])
         raise ConfigError(
             f"{frac:.1%} of {total / 2**20:.1f} MiB parameter bytes are replicated under "

@@ -6,6 +6,10 @@ Two masking modes share one kernel:
   never attend to each other;
 * cached decoding: keys live in cache slots indexed by position; a query at position p
   sees slots 0..p of its own row (one sequence per row).
+
+Attention-weight reuse (HunYuan, docs/moe.md): given the previous layer's probabilities
+and a traced boolean, a layer either computes its own softmax(QK^T) or takes the previous
+one (``lax.cond``, so QK^T is really skipped) and applies its own V and O to it.
 """
 from __future__ import annotations
 
@@ -89,7 +93,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
-                 cache: dict | None = None) -> tuple[jax.Array, dict | None]:
+                 cache: dict | None = None, prev_probs: jax.Array | None = None,
+                 reuse: jax.Array | None = None):
+        """Returns ``(out_btd, new_cache)``; with ``prev_probs`` (training only, no cache)
+        returns ``(out_btd, None, probs_bkgts)`` where ``probs`` are the probabilities this
+        layer used (its own, or ``prev_probs`` when the scalar ``reuse`` is true)."""
         d = x_btd.shape[-1]
         h, k, hd = self.num_heads, self.num_kv_heads, self.head_dim
         init = nn.initializers.normal(self.init_std)
@@ -98,17 +106,41 @@ class Attention(nn.Module):
         wv = param_with_axes(self, "wv", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
         wo = param_with_axes(self, "wo", init, (h, hd, d), ("heads", "head_dim", "embed"))
         x = x_btd.astype(self.dtype)
-        q_bthd = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
-        k_btkd = jnp.einsum("btd,dhk->bthk", x, wk.astype(self.dtype))
         v_btkd = jnp.einsum("btd,dhk->bthk", x, wv.astype(self.dtype))
-        q_bthd = constrain(q_bthd, ("act_batch", "act_length", "act_heads", None))
-        k_btkd = constrain(k_btkd, ("act_batch", "act_length", "act_kv_heads", None))
         v_btkd = constrain(v_btkd, ("act_batch", "act_length", "act_kv_heads", None))
-        if self.position == "rope":
-            inv_freq = rope_frequencies(hd, self.rope_theta)
-            q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
-            k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
 
+        def project_qk():
+            q_bthd = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
+            k_btkd = jnp.einsum("btd,dhk->bthk", x, wk.astype(self.dtype))
+            q_bthd = constrain(q_bthd, ("act_batch", "act_length", "act_heads", None))
+            k_btkd = constrain(k_btkd, ("act_batch", "act_length", "act_kv_heads", None))
+            if self.position == "rope":
+                inv_freq = rope_frequencies(hd, self.rope_theta)
+                q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
+                k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
+            return q_bthd, k_btkd
+
+        def bias(kv_pos_bs):
+            if self.position != "alibi":
+                return None
+            slopes_h = jnp.asarray(alibi_slopes(h))
+            rel_bts = (kv_pos_bs[:, None, :] - positions_bt[:, :, None]).astype(jnp.float32)
+            return slopes_h[None, :, None, None] * rel_bts[:, None]          # [B, H, T, S]
+
+        if prev_probs is not None:
+            if cache is not None:
+                raise ValueError("attention reuse is a training-time feature; not with a cache")
+
+            def own_probs():
+                q_bthd, k_btkd = project_qk()
+                return attention_probs(q_bthd, k_btkd.astype(self.dtype),
+                                       document_mask(segment_ids_bt), bias(positions_bt),
+                                       ).astype(prev_probs.dtype)
+            probs = jax.lax.cond(reuse, lambda: prev_probs, own_probs)
+            out_bthd = attend_values(probs, v_btkd.astype(self.dtype))
+            return self._out(out_bthd, wo), None, probs
+
+        q_bthd, k_btkd = project_qk()
         if cache is None:
             keys, values, kv_pos_bs = k_btkd, v_btkd, positions_bt
             mask = document_mask(segment_ids_bt)
@@ -121,21 +153,18 @@ class Attention(nn.Module):
             s = keys.shape[1]
             kv_pos_bs = jnp.broadcast_to(jnp.arange(s)[None], (keys.shape[0], s))
             mask = cache_mask(positions_bt, s)
-
-        bias = None
-        if self.position == "alibi":
-            slopes_h = jnp.asarray(alibi_slopes(h))
-            rel_bts = (kv_pos_bs[:, None, :] - positions_bt[:, :, None]).astype(jnp.float32)
-            bias = slopes_h[None, :, None, None] * rel_bts[:, None]          # [B, H, T, S]
         out_bthd = dot_product_attention(q_bthd, keys.astype(self.dtype),
-                                         values.astype(self.dtype), mask, bias)
+                                         values.astype(self.dtype), mask, bias(kv_pos_bs))
+        return self._out(out_bthd, wo), new_cache
+
+    def _out(self, out_bthd, wo):
         out_bthd = constrain(out_bthd, ("act_batch", "act_length", "act_heads", None))
         out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo.astype(self.dtype))
-        return constrain(out_btd, ("act_batch", "act_length", "act_embed")), new_cache
+        return constrain(out_btd, ("act_batch", "act_length", "act_embed"))
 
 
-def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
-    """Softmax attention with grouped KV heads; scores and softmax in float32."""
+def attention_probs(q_bthd, k_bskd, mask_b1ts, bias_bhts=None):
+    """Softmax(QK^T / sqrt(d) + bias) in float32, grouped as [B, kv_heads, group, T, S]."""
     b, t, h, d = q_bthd.shape
     kv = k_bskd.shape[2]
     g = h // kv
@@ -145,6 +174,16 @@ def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
     if bias_bhts is not None:
         scores = scores + bias_bhts.reshape(b, kv, g, t, -1)
     scores = jnp.where(mask_b1ts[:, :, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
-    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
-    return out_btkgd.reshape(b, t, h, d)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def attend_values(probs_bkgts, v_bskd):
+    """Weighted sum of values: [B, kv, g, T, S] x [B, S, kv, D] -> [B, T, kv * g, D]."""
+    b, kv, g, t, _ = probs_bkgts.shape
+    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs_bkgts.astype(v_bskd.dtype), v_bskd)
+    return out_btkgd.reshape(b, t, kv * g, v_bskd.shape[-1])
+
+
+def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
+    """Softmax attention with grouped KV heads; scores and softmax in float32."""
+    return attend_values(attention_probs(q_bthd, k_bskd, mask_b1ts, bias_bhts), v_bskd)

@@ -36,6 +36,27 @@ class ModelConfig:
     dtype: str = "float32"         # compute dtype; params are always float32
     remat: str = "none"            # "none" | "full" | "dots" | "dots_no_batch"
 
+    # HunYuan attention-weight reuse (docs/moe.md): training-time probability that a layer
+    # reuses the previous layer's attention probabilities (needs the 'reuse' rng stream).
+    attn_reuse_prob: float = 0.0
+
+    # Mixture of experts (docs/moe.md); moe_num_experts = 0 keeps the model dense.
+    moe_num_experts: int = 0
+    moe_top_k: int = 2
+    moe_ffn_dim: int = 0           # expert hidden size; 0 means = hidden_dim
+    moe_shared_experts: int = 0    # always-on experts of width moe_ffn_dim (DeepSeek-style)
+    moe_every: int = 1             # every N-th layer (after the dense prefix) is MoE
+    moe_first_dense: int = 0       # the first K layers stay dense
+    moe_dispatch: str = "capacity"  # "capacity" (drops tokens) | "dropless" (ragged_dot)
+    moe_capacity_factor: float = 1.25
+    moe_norm_topk: bool = True     # renormalise the k selected router probabilities to sum 1
+    moe_router_input: str = "hidden"  # "hidden" | "embedding" (HunYuan word-embedding routing)
+    moe_router_jitter: float = 0.0  # eps: router input * U(1-eps, 1+eps) ('jitter' rng only)
+    moe_aux_loss_weight: float = 1e-2   # Switch load balancing (top-k form)
+    moe_z_loss_weight: float = 1e-3     # ST-MoE router z-loss
+    moe_route_error_weight: float = 0.0  # lambda_re of kyx's routing-error loss; 0 = off
+    moe_route_error_kappa: float = 2.0   # flag a_te > mu_e + kappa * sigma_e
+
     # ------------------------------------------------------------------ derived sizes
     @property
     def kv_heads(self) -> int:
@@ -48,6 +69,22 @@ class ModelConfig:
     @property
     def hidden_dim(self) -> int:
         return self.ffn_dim or swiglu_hidden_dim(self.d_model, self.ffn_multiple)
+
+    @property
+    def expert_dim(self) -> int:
+        return self.moe_ffn_dim or self.hidden_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_num_experts > 0
+
+    @property
+    def moe_layer_ids(self) -> tuple[int, ...]:
+        """Indices of MoE layers: after `moe_first_dense`, the last of every `moe_every`."""
+        if not self.is_moe:
+            return ()
+        k, n = self.moe_first_dense, self.moe_every
+        return tuple(i for i in range(k, self.num_layers) if (i - k + 1) % n == 0)
 
     @property
     def compute_dtype(self) -> Any:
@@ -71,7 +108,37 @@ class ModelConfig:
                               "normalise the input embeddings); set model.tie_embeddings=False")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        if not 0.0 <= self.attn_reuse_prob <= 1.0:
+            raise ConfigError(
+                f"model.attn_reuse_prob must be in [0, 1], got {self.attn_reuse_prob}")
+        if self.is_moe:
+            self._validate_moe()
         return self
+
+    def _validate_moe(self) -> None:
+        e, k = self.moe_num_experts, self.moe_top_k
+        if not 1 <= k <= e:
+            raise ConfigError(f"model.moe_top_k={k} must be between 1 and moe_num_experts={e}")
+        if self.moe_dispatch not in MOE_DISPATCH:
+            raise ConfigError(f"model.moe_dispatch must be one of {MOE_DISPATCH}, "
+                              f"got {self.moe_dispatch!r}")
+        if self.moe_router_input not in MOE_ROUTER_INPUTS:
+            raise ConfigError(f"model.moe_router_input must be one of {MOE_ROUTER_INPUTS}, "
+                              f"got {self.moe_router_input!r}")
+        if self.moe_every < 1 or not 0 <= self.moe_first_dense < self.num_layers:
+            raise ConfigError(f"need model.moe_every >= 1 and 0 <= moe_first_dense < num_layers, "
+                              f"got moe_every={self.moe_every}, moe_first_dense="
+                              f"{self.moe_first_dense}, num_layers={self.num_layers}")
+        if (self.num_layers - self.moe_first_dense) % self.moe_every:
+            raise ConfigError(
+                f"model.num_layers - moe_first_dense = {self.num_layers - self.moe_first_dense} "
+                f"must be a multiple of moe_every={self.moe_every} (layers after the dense "
+                f"prefix form super-blocks of moe_every layers, the last one MoE)")
+        if self.moe_capacity_factor <= 0:
+            raise ConfigError(
+                f"model.moe_capacity_factor must be > 0, got {self.moe_capacity_factor}")
+        if self.moe_route_error_weight and e < 2:
+            raise ConfigError("model.moe_route_error_weight needs at least 2 experts")
 
     @classmethod
     def from_config(cls, cfg) -> "ModelConfig":
@@ -85,6 +152,8 @@ class ModelConfig:
 
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+MOE_DISPATCH = ("capacity", "dropless")
+MOE_ROUTER_INPUTS = ("hidden", "embedding")
 
 
 def swiglu_hidden_dim(d_model: int, multiple: int = 128) -> int:
