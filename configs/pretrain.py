@@ -10,10 +10,7 @@ e.g. --config.mesh.fsdp=-1 --config.mesh.data=1). Override any field with
 """
 import ml_collections
 
-from kyx.data import pipeline
-from kyx.model import config as model_config
-from kyx.objectives import lm
-from kyx.train import defaults
+from kyx.train import pretrain
 
 PRESETS = {
     "tiny": dict(model=dict(d_model=128, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -46,11 +43,7 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    cfg = defaults.base_config()
-    cfg.trainer = "pretrain"
-    cfg.model = model_config.default_config()
-    cfg.data = pipeline.default_config()
-    cfg.loss = lm.default_config()
+    cfg = pretrain.default_config()
     preset = arg or "tiny"
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

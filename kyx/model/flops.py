@@ -11,11 +11,19 @@ from kyx.model.config import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Weights that take part in matmuls for one token (head included, lookup excluded)."""
+    """Weights that take part in matmuls for one token (head included, lookup excluded).
+
+    An MoE layer counts its router, the top-k routed experts and the shared experts (the
+    *active* parameters), not all experts.
+    """
     d, hd = cfg.d_model, cfg.dim_per_head
     attn = d * hd * (cfg.num_heads + 2 * cfg.kv_heads) + cfg.num_heads * hd * d
-    mlp = 3 * d * cfg.hidden_dim
-    return cfg.num_layers * (attn + mlp) + cfg.vocab_size * d
+    dense_mlp = 3 * d * cfg.hidden_dim
+    n_moe = len(cfg.moe_layer_ids)
+    moe_mlp = (d * cfg.moe_num_experts
+               + 3 * d * cfg.expert_dim * (cfg.moe_top_k + cfg.moe_shared_experts))
+    return (cfg.num_layers * attn + (cfg.num_layers - n_moe) * dense_mlp + n_moe * moe_mlp
+            + cfg.vocab_size * d)
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:

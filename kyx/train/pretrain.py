@@ -7,10 +7,13 @@ import numpy as np
 
 from kyx.data import pipeline
 from kyx.errors import ConfigError
+from kyx.model import config as model_config
 from kyx.model.config import ModelConfig
 from kyx.model.flops import train_flops_per_token
 from kyx.model.transformer import Decoder
+from kyx.model.moe import PROBE_COLLECTION, zero_probes
 from kyx.objectives import lm
+from kyx.objectives import moe as moe_objectives
 from kyx.train import optim
 from kyx.train.init_from import params_loader
 from kyx.train.loop import Trainer
@@ -20,15 +23,55 @@ BATCH_AXES = {k: ("act_batch", "act_length")
               for k in ("tokens", "targets", "segment_ids", "positions", "loss_mask")}
 
 
-def make_loss_fn(model: Decoder, loss_cfg):
-    """loss_fn(params, batch, rng) -> (loss, metrics) for packed next-token prediction."""
-    loss_cfg = dict(loss_cfg)
+def default_config():
+    """Every section a pretraining run has, with component defaults (no preset applied)."""
+    from kyx.train import defaults
 
-    def loss_fn(params, batch, rng=None):
-        logits_btv, _ = model.apply({"params": params}, batch["tokens"], batch["segment_ids"],
-                                    batch["positions"])
-        return lm.lm_loss(logits_btv, batch["targets"], batch["loss_mask"], loss_cfg)
+    cfg = defaults.base_config()
+    cfg.trainer = "pretrain"
+    cfg.model = model_config.default_config()
+    cfg.data = pipeline.default_config()
+    cfg.loss = lm.default_config()
+    return cfg
+
+
+def make_loss_fn(model: Decoder, loss_cfg):
+    """loss_fn(params, batch, rng=None, probes=None) -> (loss, metrics).
+
+    Next-token loss on packed rows plus the MoE auxiliary losses. With an `rng` the
+    training-only randomness (router jitter, attention-weight reuse) is on; `probes` are
+    the zero routing-error probes whose gradient carries the flagged-pair counts.
+    """
+    loss_cfg = dict(loss_cfg)
+    layer_ids = model.cfg.moe_layer_ids
+
+    def loss_fn(params, batch, rng=None, probes=None):
+        variables = {"params": params}
+        if probes:
+            variables[PROBE_COLLECTION] = probes
+        rngs = None if rng is None else {"jitter": jax.random.fold_in(rng, 0),
+                                         "reuse": jax.random.fold_in(rng, 1)}
+        logits_btv, aux = model.apply(variables, batch["tokens"], batch["segment_ids"],
+                                      batch["positions"], rngs=rngs)
+        loss, metrics = lm.lm_loss(logits_btv, batch["targets"], batch["loss_mask"], loss_cfg)
+        moe_loss, moe_metrics = moe_objectives.moe_loss_and_metrics(aux, layer_ids)
+        return loss + moe_loss, {**metrics, **moe_metrics, "loss": loss + moe_loss}
     return loss_fn
+
+
+def make_grad_fn(model: Decoder, loss_fn):
+    """value_and_grad that also reports the routing-error flagged fraction (MoE only)."""
+    probes = zero_probes(model)
+    if not probes:
+        return None
+    layer_ids = model.cfg.moe_layer_ids
+
+    def grad_fn(params, batch, rng):
+        (loss, metrics), (grads, probe_grads) = jax.value_and_grad(
+            lambda p, pr: loss_fn(p, batch, rng, pr), argnums=(0, 1), has_aux=True)(
+            params, probes)
+        return (loss, {**metrics, **moe_objectives.flagged_metrics(probe_grads, layer_ids)}), grads
+    return grad_fn
 
 
 def make_eval_fn(model: Decoder, max_len: int):
@@ -58,7 +101,9 @@ def build_step(cfg):
     """(model, optimizer, step_fn) from a config, without touching data."""
     model = Decoder(ModelConfig.from_config(cfg.model))
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
-    step_fn = make_train_step(make_loss_fn(model, cfg.loss), tx, schedule, cfg.optim.grad_accum)
+    loss_fn = make_loss_fn(model, cfg.loss)
+    step_fn = make_train_step(loss_fn, tx, schedule, cfg.optim.grad_accum,
+                              grad_fn=make_grad_fn(model, loss_fn))
     return model, tx, step_fn
 
 

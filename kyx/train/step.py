@@ -28,8 +28,11 @@ def split_microbatches(batch, n: int):
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule | None = None, grad_accum: int = 1):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+                    schedule: optax.Schedule | None = None, grad_accum: int = 1,
+                    grad_fn: Callable | None = None):
+    """`grad_fn(params, batch, rng) -> ((loss, metrics), grads)` replaces the default
+    value_and_grad of `loss_fn` (e.g. to also differentiate MoE routing probes)."""
+    grad_fn = grad_fn or jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch, rng):
         if grad_accum == 1:
