@@ -11,7 +11,7 @@ import numpy as np
 
 from kyx import config as config_lib
 from kyx import sharding
-from kyx.data.tokenizer import SentencePieceTokenizer
+from kyx.interop.hf_tokenizer import load_tokenizer
 from kyx.errors import CheckpointError
 from kyx.model.config import ModelConfig
 from kyx.model.decode import generate
@@ -49,7 +49,18 @@ class LoadedModel:
 
 
 def load(workdir: str, step: int = -1) -> LoadedModel:
-    """Load a trained workdir: its resolved config, tokenizer and newest params."""
+    """Load a trained workdir (config, tokenizer, newest or given params), or a Hugging
+    Face model directory (config.json + safetensors) directly."""
+    from kyx.interop import convert, hf, hf_layouts
+
+    if convert.is_hf_dir(workdir):
+        model_cfg, layout = hf_layouts.model_config_from_hf(hf.read_hf_config(workdir))
+        params = hf.load_params(workdir, model_cfg, layout)
+        from kyx.train.pretrain import default_config
+        cfg = default_config()
+        for key, value in vars(model_cfg).items():
+            cfg.model[key] = value
+        return LoadedModel(cfg, params, load_tokenizer(workdir), Decoder(model_cfg))
     cfg_path = os.path.join(workdir, "config.json")
     if not os.path.exists(cfg_path):
         raise CheckpointError(f"{workdir!r} is not a kyx workdir (no config.json)")
@@ -57,5 +68,5 @@ def load(workdir: str, step: int = -1) -> LoadedModel:
     model = Decoder(ModelConfig.from_config(cfg.model))
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     params = load_params(workdir, model, mesh, sharding.get_rules("dp"), step)
-    tokenizer = SentencePieceTokenizer.from_file(os.path.join(workdir, "tokenizer.model"))
+    tokenizer = load_tokenizer(workdir)
     return LoadedModel(cfg, params, tokenizer, model, step if step >= 0 else None)

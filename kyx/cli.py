@@ -1,9 +1,11 @@
-"""Command line: `kyx train | sample | excp`.
+"""Command line: `kyx train | sample | excp | convert | upcycle`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
                --top-k K --top-p P --seed S]
     kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
+    kyx convert --from-hf HF_DIR --workdir OUT | --to-hf --workdir DIR --out HF_DIR
+    kyx upcycle --workdir DENSE --out MOE --num-experts E [--noise S]
 """
 from __future__ import annotations
 
@@ -56,12 +58,38 @@ def _sample(argv) -> int:
     return 0
 
 
+def _convert(argv) -> int:
+    parser = argparse.ArgumentParser(prog="kyx convert")
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", metavar="HF_DIR", help="import a Hugging Face model")
+    direction.add_argument("--to-hf", action="store_true", help="export --workdir to --out")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", help="output HF directory (with --to-hf)")
+    parser.add_argument("--layout", choices=["llama", "mistral", "qwen2", "baichuan"])
+    args = parser.parse_args(argv)
+    from kyx.interop import convert
+
+    if args.from_hf:
+        print(f"wrote {convert.from_hf(args.from_hf, args.workdir)}")
+    else:
+        if not args.out:
+            parser.error("--to-hf needs --out HF_DIR")
+        print(f"wrote {convert.to_hf(args.workdir, args.out, args.layout)}")
+    return 0
+
+
+def _upcycle(argv) -> int:
+    from kyx.model import upcycle
+    return upcycle.main(argv)
+
+
 def _excp(argv) -> int:
     from kyx.checkpoint import excp_cli
     return excp_cli.main(argv)
 
 
-COMMANDS = {"train": _train, "sample": _sample, "excp": _excp}
+COMMANDS = {"train": _train, "sample": _sample, "excp": _excp, "convert": _convert,
+            "upcycle": _upcycle}
 
 
 def main(argv=None) -> int:

@@ -252,8 +252,13 @@ def corpus_texts(corpus: Corpus, split: str, seed: int = 0):
 
 
 def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
-    """Loads ``tokenizer.model_path``, else trains on the train split (cached by fingerprint)."""
+    """Loads ``tokenizer.model_path`` (a SentencePiece .model, or a directory with
+    tokenizer.model / tokenizer.json such as a Hugging Face model), else trains one on the
+    train split (cached by fingerprint)."""
     tcfg = cfg.tokenizer
+    if tcfg.model_path and os.path.isdir(tcfg.model_path):
+        from kyx.interop.hf_tokenizer import load_tokenizer
+        return load_tokenizer(tcfg.model_path)
     if tcfg.model_path:
         return SentencePieceTokenizer.from_file(tcfg.model_path)
     cache_dir = os.path.join(cfg.data_dir or default_data_dir(), "tokenizers")

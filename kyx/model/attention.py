@@ -29,9 +29,28 @@ NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, 
 
 # ----------------------------------------------------------------------------- positions
 
-def rope_frequencies(head_dim: int, theta: float) -> np.ndarray:
-    """Inverse frequencies theta^(-2i/d), i < d/2 (LLaMA convention)."""
-    return 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def rope_frequencies(head_dim: int, theta: float, scaling: str = "", factor: float = 1.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_max_len: int = 8192) -> np.ndarray:
+    """Inverse frequencies theta^(-2i/d), i < d/2 (LLaMA convention), optionally scaled.
+
+    "linear" divides every frequency by `factor` (position interpolation). "llama3" keeps
+    high frequencies (wavelength < original_max_len / high_freq_factor), divides low ones
+    (wavelength > original_max_len / low_freq_factor) by `factor`, and interpolates
+    smoothly in between (Llama 3.1).
+    """
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling == "linear":
+        return inv / factor
+    if scaling == "llama3":
+        wavelen = 2 * np.pi / inv
+        low_wavelen = original_max_len / low_freq_factor
+        high_wavelen = original_max_len / high_freq_factor
+        smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv
 
 
 def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray) -> jax.Array:
@@ -87,9 +106,10 @@ class Attention(nn.Module):
     num_kv_heads: int
     head_dim: int
     position: str = "rope"
-    rope_theta: float = 10000.0
+    rope: tuple = (10000.0,)       # ModelConfig.rope: (theta, scaling, factor, low, high, orig)
     init_std: float = 0.02
     dtype: Any = jnp.float32
+    qkv_bias: bool = False
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
@@ -105,17 +125,27 @@ class Attention(nn.Module):
         wk = param_with_axes(self, "wk", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
         wv = param_with_axes(self, "wv", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
         wo = param_with_axes(self, "wo", init, (h, hd, d), ("heads", "head_dim", "embed"))
+        zeros = nn.initializers.zeros
+        if self.qkv_bias:
+            bq = param_with_axes(self, "bq", zeros, (h, hd), ("heads", "head_dim"))
+            bk = param_with_axes(self, "bk", zeros, (k, hd), ("kv_heads", "head_dim"))
+            bv = param_with_axes(self, "bv", zeros, (k, hd), ("kv_heads", "head_dim"))
         x = x_btd.astype(self.dtype)
         v_btkd = jnp.einsum("btd,dhk->bthk", x, wv.astype(self.dtype))
+        if self.qkv_bias:
+            v_btkd = v_btkd + bv.astype(self.dtype)
         v_btkd = constrain(v_btkd, ("act_batch", "act_length", "act_kv_heads", None))
 
         def project_qk():
             q_bthd = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
             k_btkd = jnp.einsum("btd,dhk->bthk", x, wk.astype(self.dtype))
+            if self.qkv_bias:
+                q_bthd = q_bthd + bq.astype(self.dtype)
+                k_btkd = k_btkd + bk.astype(self.dtype)
             q_bthd = constrain(q_bthd, ("act_batch", "act_length", "act_heads", None))
             k_btkd = constrain(k_btkd, ("act_batch", "act_length", "act_kv_heads", None))
             if self.position == "rope":
-                inv_freq = rope_frequencies(hd, self.rope_theta)
+                inv_freq = rope_frequencies(hd, *self.rope)
                 q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
                 k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
             return q_bthd, k_btkd

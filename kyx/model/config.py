@@ -29,6 +29,12 @@ class ModelConfig:
     max_seq_len: int = 2048        # longest sequence / KV cache the model is built for
     position: str = "rope"         # "rope" | "alibi"
     rope_theta: float = 10000.0
+    rope_scaling: str = ""         # "" | "linear" | "llama3" (long-context frequency scaling)
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0      # llama3 only
+    rope_high_freq_factor: float = 4.0     # llama3 only
+    rope_original_max_len: int = 8192      # llama3 only: pretraining context length
+    qkv_bias: bool = False         # biases on the q/k/v projections (Qwen2)
     norm_eps: float = 1e-6
     norm_head: bool = False        # Baichuan 2 NormHead: L2-normalise each vocab row of the head
     tie_embeddings: bool = False
@@ -87,6 +93,12 @@ class ModelConfig:
         return tuple(i for i in range(k, self.num_layers) if (i - k + 1) % n == 0)
 
     @property
+    def rope(self) -> tuple:
+        """Hashable RoPE settings passed to the attention module."""
+        return (self.rope_theta, self.rope_scaling, self.rope_scaling_factor,
+                self.rope_low_freq_factor, self.rope_high_freq_factor, self.rope_original_max_len)
+
+    @property
     def compute_dtype(self) -> Any:
         return jnp.dtype(self.dtype)
 
@@ -101,6 +113,9 @@ class ModelConfig:
                 f"{self.num_heads}; set model.head_dim explicitly")
         if self.position not in ("rope", "alibi"):
             raise ConfigError(f"model.position must be 'rope' or 'alibi', got {self.position!r}")
+        if self.rope_scaling not in ("", "linear", "llama3"):
+            raise ConfigError(f"model.rope_scaling must be '', 'linear' or 'llama3', got "
+                              f"{self.rope_scaling!r}")
         if self.position == "rope" and self.dim_per_head % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
         if self.norm_head and self.tie_embeddings:

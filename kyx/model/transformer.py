@@ -38,7 +38,7 @@ class Block(nn.Module):
         cache, reuse = xs
         h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x_btd)
         attn = Attention(cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.position,
-                         cfg.rope_theta, cfg.init_std, dtype, name="attn")
+                         cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, name="attn")
         if prev_probs is None:
             out, new_cache = attn(h, segment_ids_bt, positions_bt, cache)
             probs = None

@@ -9,9 +9,14 @@ TRAINERS = {"pretrain": "kyx.train.pretrain"}
 
 
 def build(cfg):
+    """The Trainer for `config.trainer`; with `init_from`, the source's architecture and
+    tokenizer are adopted first (kyx.train.init_from.adopt_source)."""
+    from kyx.train.init_from import adopt_source
+
     name = cfg.trainer
     if name not in TRAINERS:
         raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
+    adopt_source(cfg)
     return importlib.import_module(TRAINERS[name]).build(cfg)
 
 

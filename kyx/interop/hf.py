@@ -1,0 +1,174 @@
+"""Import and export Llama-family Hugging Face checkpoints (safetensors) for kyx.
+
+Import streams weights: every kyx parameter is created with `jax.make_array_from_callback`
+on its target sharding, and each device's callback reads only the HF tensors of the layers
+its shard covers, converting one layer tensor at a time. Peak host memory is therefore
+about one HF tensor plus one device shard, so a model larger than one host's memory can
+be imported onto a mesh. Export gathers one parameter at a time and writes safetensors
+shards of at most `max_shard_bytes` with an index.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from kyx import sharding
+from kyx.errors import CheckpointError, ConfigError
+from kyx.interop import hf_layouts
+from kyx.model.config import ModelConfig
+from kyx.model.params import param_shardings
+from kyx.model.transformer import Decoder
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class SafetensorsReader:
+    """Lazy tensor access across a single file or an indexed set of shards."""
+
+    def __init__(self, model_dir: str):
+        from safetensors import safe_open
+
+        self.dir = model_dir
+        index = os.path.join(model_dir, INDEX)
+        if os.path.exists(index):
+            with open(index) as f:
+                self.where = dict(json.load(f)["weight_map"])
+        elif os.path.exists(os.path.join(model_dir, SINGLE)):
+            with safe_open(os.path.join(model_dir, SINGLE), "numpy") as f:
+                self.where = {k: SINGLE for k in f.keys()}
+        else:
+            raise CheckpointError(f"{model_dir!r} has no {SINGLE} or {INDEX} "
+                                  "(only safetensors checkpoints are supported)")
+        self._open = safe_open
+        self._files: dict[str, Any] = {}
+
+    def names(self):
+        return self.where.keys()
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        if name not in self.where:
+            raise CheckpointError(f"tensor {name!r} is missing from {self.dir}"
+                                  + (f" (expected shape {tuple(shape)})" if shape else ""))
+        fname = self.where[name]
+        if fname not in self._files:
+            self._files[fname] = self._open(os.path.join(self.dir, fname), "numpy")
+        x = self._files[fname].get_tensor(name)
+        if shape is not None and tuple(x.shape) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
+                                  f"expected {tuple(shape)}")
+        return np.asarray(x, dtype=np.float32)
+
+
+def read_hf_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{model_dir!r} has no config.json; is it a Hugging Face model?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_params(model_dir: str, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp"):
+    """Params of an HF directory as jax Arrays placed with the model's shardings."""
+    mesh = mesh or sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    rules = sharding.get_rules(rules)
+    shardings, abstract = param_shardings(Decoder(cfg), mesh, rules)
+    reader = SafetensorsReader(model_dir)
+    specs = hf_layouts.leaves(cfg, layout)
+    flat_abstract = {tuple(k.key for k in path): leaf for path, leaf in
+                     jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    flat_sh = {tuple(k.key for k in path): leaf for path, leaf in
+               jax.tree_util.tree_flatten_with_path(shardings)[0]}
+    unknown = set(flat_abstract) - set(specs)
+    if unknown:
+        raise ConfigError(f"no Hugging Face tensor maps to kyx params {sorted(unknown)}")
+    out = {}
+    for path, leaf in flat_abstract.items():
+        spec = specs[path]
+
+        def read(index, spec=spec, leaf=leaf, path=path):
+            if not spec.stacked:
+                return _checked(spec.to_kyx(reader.get(spec.names, spec.hf_shape)), leaf.shape[0:],
+                                path)[index]
+            layers = range(leaf.shape[0])[index[0]]
+            parts = [_checked(spec.to_kyx(reader.get(spec.names(i), spec.hf_shape)),
+                              leaf.shape[1:], path) for i in layers]
+            return np.stack(parts)[(slice(None),) + tuple(index[1:])]
+
+        out[path] = jax.make_array_from_callback(leaf.shape, flat_sh[path], read)
+    return _unflatten(out)
+
+
+def _checked(x: np.ndarray, shape, path) -> np.ndarray:
+    if tuple(x.shape) != tuple(shape):
+        raise CheckpointError(f"kyx param {'/'.join(path)} would have shape {tuple(x.shape)}, "
+                              f"expected {tuple(shape)}")
+    return x
+
+
+def _unflatten(flat: dict[tuple, Any]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+def save_params(params, cfg: ModelConfig, layout: str, out_dir: str,
+                max_shard_bytes: int = 2 << 30, bos_id=None, eos_id=None) -> list[str]:
+    """Write params as HF safetensors (+ index when sharded) and config.json."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+
+    def get(path, layer):
+        node = params
+        for key in path:
+            node = node[key]
+        x = node if layer is None else node[layer]
+        return np.asarray(jax.device_get(x), dtype=np.float32)
+
+    shards, current, size = [], {}, 0
+    for name, tensor in hf_layouts.export_tensors(cfg, layout, get):
+        tensor = np.ascontiguousarray(tensor)
+        if current and size + tensor.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += tensor.nbytes
+    shards.append(current)
+    files = []
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out_dir, SINGLE), metadata={"format": "pt"})
+        files.append(SINGLE)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+            files.append(fname)
+        total = sum(t.nbytes for s in shards for t in s.values())
+        with open(os.path.join(out_dir, INDEX), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_layouts.hf_config_from_model(cfg, layout, bos_id, eos_id), f, indent=2)
+    return files
+
+
+def copy_tokenizer_files(src: str, dst: str) -> list[str]:
+    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "generation_config.json")
+    copied = []
+    for name in names:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+            copied.append(name)
+    return copied
