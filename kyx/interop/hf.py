@@ -65,6 +65,26 @@ class SafetensorsReader:
         return np.asarray(x, dtype=np.float32)
 
 
+class DictReader:
+    """The reader interface over an in-memory {name: array} state dict."""
+
+    def __init__(self, state_dict):
+        self.sd, self.dir = state_dict, "<state dict>"
+
+    def names(self):
+        return self.sd.keys()
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        if name not in self.sd:
+            raise CheckpointError(f"tensor {name!r} is missing"
+                                  + (f" (expected shape {tuple(shape)})" if shape else ""))
+        x = np.asarray(self.sd[name], dtype=np.float32)
+        if shape is not None and tuple(x.shape) != tuple(shape):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
+                                  f"expected {tuple(shape)}")
+        return x
+
+
 def read_hf_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
@@ -73,12 +93,13 @@ def read_hf_config(model_dir: str) -> dict:
         return json.load(f)
 
 
-def load_params(model_dir: str, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp"):
-    """Params of an HF directory as jax Arrays placed with the model's shardings."""
+def load_params(model_dir, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp"):
+    """Params of an HF directory (or a DictReader) as jax Arrays placed with the model's
+    shardings."""
     mesh = mesh or sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
     rules = sharding.get_rules(rules)
     shardings, abstract = param_shardings(Decoder(cfg), mesh, rules)
-    reader = SafetensorsReader(model_dir)
+    reader = model_dir if isinstance(model_dir, DictReader) else SafetensorsReader(model_dir)
     specs = hf_layouts.leaves(cfg, layout)
     flat_abstract = {tuple(k.key for k in path): leaf for path, leaf in
                      jax.tree_util.tree_flatten_with_path(abstract)[0]}

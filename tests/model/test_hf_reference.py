@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from kyx.interop.llama_layout import params_from_llama
+from kyx.interop.hf import DictReader, load_params
 from kyx.model import Decoder, ModelConfig
 
 
@@ -27,7 +27,7 @@ def _hf_model(num_kv_heads, tie=False, seed=0):
                       num_kv_heads=num_kv_heads, ffn_dim=176, rope_theta=10000.0,
                       norm_eps=1e-6, tie_embeddings=tie)
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    return model, cfg, params_from_llama(sd, cfg)
+    return model, cfg, load_params(DictReader(sd), cfg, "llama")
 
 
 @pytest.mark.parametrize("num_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
