@@ -6,7 +6,12 @@ checkpoint (compression_ratio = fp32 params + m + v bytes over compressed bytes,
 and restore MB/s) and one line comparing an M-step continuation from the reconstructed
 checkpoint with one from the original (`eval_loss_delta_pct`).
 
+`--alphas 5e-4,5e-3` also recompresses the same full checkpoints with other weight-pruning
+strengths α (`kyx excp compress` on a copy whose config sets the α) and continues from
+each reconstruction: the ratio / eval-loss trade-off, one `excp_alpha` line per α.
+
     python benchmarks/excp.py [--size small] [--steps 300] [--every 60] [--continue-steps 30]
+                              [--alphas 5e-4,5e-3] [--workdir DIR]
 """
 import argparse
 import json
@@ -19,6 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kyx import config as config_lib  # noqa: E402
+from kyx.checkpoint import excp_cli  # noqa: E402
 from kyx.checkpoint.excp import ExcpChain  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
 from kyx.train import loop, registry  # noqa: E402
@@ -37,54 +43,98 @@ def _final_eval(workdir):
     return [r["eval/loss"] for r in read_metrics(workdir) if "eval/loss" in r][-1]
 
 
+def _chain_rows(chain_root, size, extra=None):
+    """One JSON-able row per compressed checkpoint (restore timed on a fresh chain)."""
+    chain = ExcpChain(chain_root)
+    rows = []
+    for step in chain.steps():
+        s = chain.stats()[step]
+        t0 = time.perf_counter()
+        ExcpChain(chain.root).reconstruct(step)
+        restore_s = time.perf_counter() - t0
+        rows.append({
+            "bench": "excp", "size": size, **(extra or {}), "step": step, "base": s["base"],
+            "compression_ratio": s["ratio"], "compressed_mb": s["bytes"] / 1e6,
+            "fp32_w_m_v_mb": s["orig_bytes"] / 1e6, "compress_mb_per_s": s["mb_per_s"],
+            "restore_mb_per_s": s["orig_bytes"] / 1e6 / restore_s,
+            "kept": {g: v["kept"] for g, v in s["groups"].items()},
+            "rel_err": {g: v["rel_err"] for g, v in s["groups"].items()}})
+    return rows
+
+
+def _chain_ratios(chain_root):
+    chain = ExcpChain(chain_root)
+    sizes = [chain.stats()[s] for s in chain.steps()]
+    return {"chain_ratio_excluding_first": sum(s["orig_bytes"] for s in sizes[1:])
+            / max(sum(s["bytes"] for s in sizes[1:]), 1),
+            "chain_ratio_total": sum(s["orig_bytes"] for s in sizes)
+            / sum(s["bytes"] for s in sizes)}
+
+
+def _continue(args, src, work, resume, extra=(), drop_full=False):
+    """Copy `src` to `work`, optionally delete the full checkpoint at `resume` (so only the
+    ExCP chain can provide it), train `--continue-steps` more; the final eval loss."""
+    shutil.rmtree(work, ignore_errors=True)  # a rerun over the same --workdir
+    shutil.copytree(src, work)
+    if drop_full:
+        shutil.rmtree(os.path.join(work, "checkpoints", str(resume)))
+    end = resume + args.continue_steps
+    cfg = _cfg(args.size, end, args.every, [f"checkpoint.resume_step={resume}",
+                                            f"train.eval_every={args.continue_steps}", *extra])
+    loop.run(registry.build(cfg), work)
+    return _final_eval(work)
+
+
+def _recompress(base, work, alpha):
+    """`work` = `base`'s full checkpoints compressed anew with weight-pruning strength α."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(base, work, ignore=shutil.ignore_patterns("excp"))
+    path = os.path.join(work, "config.json")
+    cfg = config_lib.load_json(path)
+    cfg.checkpoint.excp.alpha = alpha
+    config_lib.dump(cfg, path)
+    t0 = time.perf_counter()
+    excp_cli.compress(work)
+    return time.perf_counter() - t0
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="small")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--every", type=int, default=60)
     p.add_argument("--continue-steps", type=int, default=30)
+    p.add_argument("--alphas", default="", help="extra α values to recompress with, e.g. 5e-4")
     p.add_argument("--workdir", default="")
     args = p.parse_args()
     root = args.workdir or tempfile.mkdtemp(prefix="kyx-excp-")
     base = os.path.join(root, "base")
     loop.run(registry.build(_cfg(args.size, args.steps, args.every)), base)
-    chain = ExcpChain(os.path.join(base, "excp"))
-    for step in chain.steps():
-        s = chain.stats()[step]
-        t0 = time.perf_counter()
-        ExcpChain(chain.root).reconstruct(step)
-        restore_s = time.perf_counter() - t0
-        print(json.dumps({
-            "bench": "excp", "size": args.size, "step": step, "base": s["base"],
-            "compression_ratio": s["ratio"], "compressed_mb": s["bytes"] / 1e6,
-            "fp32_w_m_v_mb": s["orig_bytes"] / 1e6, "compress_mb_per_s": s["mb_per_s"],
-            "restore_mb_per_s": s["orig_bytes"] / 1e6 / restore_s,
-            "kept": {g: v["kept"] for g, v in s["groups"].items()},
-            "rel_err": {g: v["rel_err"] for g, v in s["groups"].items()}}), flush=True)
+    for row in _chain_rows(os.path.join(base, "excp"), args.size):
+        print(json.dumps(row), flush=True)
     # continuation: from the newest compressed step that is not the first of the chain
-    resume = chain.steps()[-1]
-    end = resume + args.continue_steps
-    evals = {}
-    for kind in ("original", "reconstructed"):
-        work = os.path.join(root, kind)
-        shutil.copytree(base, work)
-        if kind == "reconstructed":  # only the ExCP chain can provide the resume step now
-            shutil.rmtree(os.path.join(work, "checkpoints", str(resume)))
-        cfg = _cfg(args.size, end, args.every,
-                   [f"checkpoint.resume_step={resume}", f"train.eval_every={args.continue_steps}"])
-        loop.run(registry.build(cfg), work)
-        evals[kind] = _final_eval(work)
-    sizes = [chain.stats()[s] for s in chain.steps()]
+    resume = ExcpChain(os.path.join(base, "excp")).steps()[-1]
+    original = _continue(args, base, os.path.join(root, "original"), resume)
+    recon = _continue(args, base, os.path.join(root, "reconstructed"), resume, drop_full=True)
     print(json.dumps({
         "bench": "excp_continuation", "size": args.size, "resume_step": resume,
-        "continue_steps": args.continue_steps, "eval_loss_original": evals["original"],
-        "eval_loss_reconstructed": evals["reconstructed"],
-        "eval_loss_delta_pct": 100 * (evals["reconstructed"] - evals["original"])
-        / evals["original"],
-        "chain_ratio_excluding_first": sum(s["orig_bytes"] for s in sizes[1:])
-        / max(sum(s["bytes"] for s in sizes[1:]), 1),
-        "chain_ratio_total": sum(s["orig_bytes"] for s in sizes) / sum(s["bytes"] for s in sizes),
-    }), flush=True)
+        "continue_steps": args.continue_steps, "eval_loss_original": original,
+        "eval_loss_reconstructed": recon,
+        "eval_loss_delta_pct": 100 * (recon - original) / original,
+        **_chain_ratios(os.path.join(base, "excp"))}), flush=True)
+    for alpha in [float(a) for a in args.alphas.split(",") if a]:
+        work = os.path.join(root, f"alpha_{alpha:g}")
+        seconds = _recompress(base, work, alpha)
+        for row in _chain_rows(os.path.join(work, "excp"), args.size, {"alpha": alpha}):
+            print(json.dumps(row), flush=True)
+        loss = _continue(args, work, work + "_continued", resume,
+                         [f"checkpoint.excp.alpha={alpha}"], drop_full=True)
+        print(json.dumps({
+            "bench": "excp_alpha", "size": args.size, "alpha": alpha, "resume_step": resume,
+            "continue_steps": args.continue_steps, "compress_seconds": seconds,
+            "eval_loss_original": original, "eval_loss_reconstructed": loss,
+            "eval_loss_delta_pct": 100 * (loss - original) / original,
+            **_chain_ratios(os.path.join(work, "excp"))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ pretrain `small`), 64e (accelerator mesh: 64 experts top-2 + 2 shared, ~1B activ
 
     kyx train --config configs/moe.py:64e --workdir $RUN --config.mesh.expert=8
 """
-import copy
 import importlib.util
 import os
 
 import ml_collections
 
+from kyx import config as config_lib
 from kyx.train import pretrain
 
 
@@ -70,12 +70,7 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    cfg = pretrain.default_config()
-    preset = arg or "tiny"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    _merge(cfg, copy.deepcopy(PRESETS[preset]))
-    return cfg
+    return config_lib.from_preset(pretrain.default_config(), PRESETS, arg)
 
 
 def sweep() -> list[dict]:
@@ -88,11 +83,3 @@ def sweep() -> list[dict]:
         {"name": "lb_re", "overrides": common + ["model.moe_route_error_weight=0.01",
                                                  "model.moe_route_error_kappa=2.0"]},
     ]
-
-
-def _merge(cfg, updates):
-    for key, value in updates.items():
-        if isinstance(value, dict):
-            _merge(cfg[key], value)
-        else:
-            cfg[key] = value

@@ -10,6 +10,7 @@ e.g. --config.mesh.fsdp=-1 --config.mesh.data=1). Override any field with
 """
 import ml_collections
 
+from kyx import config as config_lib
 from kyx.train import pretrain
 
 PRESETS = {
@@ -43,17 +44,4 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    cfg = pretrain.default_config()
-    preset = arg or "tiny"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    _merge(cfg, PRESETS[preset])
-    return cfg
-
-
-def _merge(cfg, updates):
-    for key, value in updates.items():
-        if isinstance(value, dict):
-            _merge(cfg[key], value)
-        else:
-            cfg[key] = value
+    return config_lib.from_preset(pretrain.default_config(), PRESETS, arg)

@@ -37,13 +37,21 @@ class LoadedModel:
 
     def generate(self, prompt: str | Sequence[str], max_tokens: int = 64,
                  temperature: float = 0.8, top_k: int = 0, top_p: float = 0.95,
-                 seed: int = 0) -> str | list[str]:
-        """Sample continuations of a prompt (or a list of prompts) as text."""
+                 seed: int = 0, chat: bool = False) -> str | list[str]:
+        """Sample continuations of a prompt (or a list of prompts) as text. With ``chat``
+        the prompt is a user turn of the chat template (kyx/data/chat.py) and sampling
+        stops at the end-of-turn token (for SFT / DPO policies)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
+        eos = self.tokenizer.eos_id
+        if chat:
+            from kyx.data.chat import ChatTemplate
+            template = ChatTemplate(self.tokenizer)
+            ids, eos = [template.prompt_ids(p) for p in prompts], template.stop_id
+        else:
+            ids = [[self.tokenizer.bos_id] + self.tokenizer.encode(p) for p in prompts]
         out = generate(self.model, self.params, ids, jax.random.key(seed),
                        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, eos_id=self.tokenizer.eos_id)
+                       top_p=top_p, eos_id=eos)
         texts = [self.tokenizer.decode(o) for o in out]
         return texts[0] if isinstance(prompt, str) else texts
 

@@ -44,7 +44,8 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     except (ConfigError, ValueError, KeyError) as e:
         what = "no preset" if arg is None else f"preset {arg!r}"
         presets = getattr(module, "PRESETS", None)
-        hint = f"; available presets: {', '.join(map(str, presets))}" if presets else ""
+        hint = (f"; available presets: {', '.join(map(str, presets))}"
+                if presets and "choose one of" not in str(e) else "")
         raise ConfigError(f"config file {path}: get_config failed for {what}: {e}{hint}") from e
     if isinstance(cfg, config_dict.FrozenConfigDict):
         cfg = cfg.as_configdict()
@@ -55,6 +56,32 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
                           "expected an ml_collections.ConfigDict")
     apply_overrides(cfg, overrides)
     return cfg
+
+
+def from_preset(cfg: ml_collections.ConfigDict, presets: dict, arg: str | None,
+                default: str = "tiny") -> ml_collections.ConfigDict:
+    """`cfg` updated in place with the nested dict ``presets[arg or default]``.
+
+    The config files' ``get_config(arg)``; an unknown preset or key raises ConfigError
+    with the choices (close matches first).
+    """
+    name = arg or default
+    if name not in presets:
+        close = difflib.get_close_matches(name, list(presets), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; choose one of {sorted(presets)}")
+    _merge_dict(cfg, copy.deepcopy(presets[name]), "")
+    return cfg
+
+
+def _merge_dict(cfg: ml_collections.ConfigDict, updates: dict, prefix: str) -> None:
+    for key, value in updates.items():
+        if key not in cfg:
+            raise ConfigError(f"preset sets unknown key {prefix + key!r}")
+        if isinstance(value, dict):
+            _merge_dict(cfg[key], value, f"{prefix}{key}.")
+        else:
+            cfg[key] = value
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:

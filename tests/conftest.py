@@ -15,7 +15,25 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+@pytest.fixture
+def run_notebook(monkeypatch):
+    """run_notebook(name, env) executes colabs/<name> top to bottom in a fresh kernel (one
+    CPU device, the given environment variables) and returns its concatenated text output."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    def run(name: str, env: dict) -> str:
+        for key, value in {**env, "XLA_FLAGS": ""}.items():
+            monkeypatch.setenv(key, value)
+        nb = nbformat.read(os.path.join(ROOT, "colabs", name), as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": os.path.join(ROOT, "colabs")}}).execute()
+        return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []))
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -181,3 +181,16 @@ def test_lock_returns_locked_copy(cfg_file):
     locked.model.num_layers = 5  # existing keys stay writable
     assert cfg.model.num_layers == 2  # original untouched
     cfg.new_key = 1  # original is not locked
+
+
+def test_from_preset_merges_nested_and_names_close_presets():
+    import ml_collections
+    base = ml_collections.ConfigDict({"model": {"d_model": 8, "heads": 2}, "lr": 1.0})
+    presets = {"tiny": {"model": {"d_model": 16}}, "small": {"lr": 0.5}}
+    cfg = config.from_preset(base, presets, None)
+    assert cfg.model.d_model == 16 and cfg.model.heads == 2 and cfg.lr == 1.0
+    assert presets["tiny"] == {"model": {"d_model": 16}}  # presets are not mutated
+    with pytest.raises(ConfigError, match="did you mean small"):
+        config.from_preset(base, presets, "smal")
+    with pytest.raises(ConfigError, match="unknown key 'model.d_modl'"):
+        config.from_preset(base, {"x": {"model": {"d_modl": 1}}}, "x")

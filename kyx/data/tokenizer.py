@@ -7,8 +7,12 @@ indentation), pieces of at most 32 characters, character coverage 0.9999.
 Training input is cut into line-aligned chunks, so newlines take part in merges
 and ``decode(encode(s)) == s`` holds for any string, tabs and newlines included.
 
-Ids of models trained here: pad=0, unk=1, bos=2, eos=3, then the 256 byte
-pieces ``<0x00>``..``<0xFF>`` (ids 4..259), then learned pieces. A trained
+Ids of models trained here: pad=0, unk=1, bos=2, eos=3, the four chat control
+pieces ``CHAT_TOKENS`` (ids 4..7: system, user, assistant, end of turn), then the
+256 byte pieces ``<0x00>``..``<0xFF>`` (ids 8..263), then learned pieces. Control
+pieces are never produced by ``encode`` (text such as "<|user|>" stays text); the
+chat template (kyx/data/chat.py) inserts their ids, and falls back to encoding the
+marker text when a tokenizer lacks them (older or converted tokenizers). A trained
 model is cached under ``cache_dir`` by a fingerprint of the training text and
 options, so a second call with the same inputs loads it instead of retraining.
 """
@@ -30,6 +34,8 @@ from kyx.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Reserved for chat formatting (post-training); ids 4..7 in tokenizers trained here.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|eot|>")
 SENTENCE_BYTES = 4096  # longest training chunk; sentencepiece drops longer ones
 
 TRAINER_OPTIONS = dict(
@@ -44,6 +50,7 @@ TRAINER_OPTIONS = dict(
     character_coverage=0.9999,
     max_sentence_length=SENTENCE_BYTES,
     pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+    control_symbols=list(CHAT_TOKENS),
 )
 
 
@@ -127,6 +134,11 @@ class SentencePieceTokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
 
+    def special_id(self, piece: str) -> int | None:
+        """Id of a single piece such as "<|user|>" (control or user-defined), else None."""
+        i = self._sp.piece_to_id(piece)
+        return None if i == self._sp.unk_id() or self._sp.id_to_piece(i) != piece else i
+
 
 def to_sentences(texts: Iterable[str], max_bytes: int,
                  sentence_bytes: int = SENTENCE_BYTES) -> list[str]:
@@ -178,8 +190,8 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, cache_dir: str
                         corpus_id: str = "", max_bytes: int = 8 << 20,
                         num_threads: int | None = None) -> SentencePieceTokenizer:
     """Trains (or loads from ``cache_dir``) a BPE model on up to ``max_bytes`` of ``texts``."""
-    if vocab_size <= 260:
-        raise ConfigError(f"tokenizer.vocab_size={vocab_size} is too small: 4 special and 256 "
+    if vocab_size <= 264:
+        raise ConfigError(f"tokenizer.vocab_size={vocab_size} is too small: 8 special and 256 "
                           f"byte pieces come first, then the corpus's characters (e.g. use 4096).")
     sentences = to_sentences(texts, max_bytes)
     if not sentences:

@@ -5,7 +5,8 @@ import importlib
 
 from kyx.errors import ConfigError
 
-TRAINERS = {"pretrain": "kyx.train.pretrain"}
+TRAINERS = {"pretrain": "kyx.train.pretrain", "sft": "kyx.train.sft", "rm": "kyx.train.rm",
+            "dpo": "kyx.train.dpo"}
 
 
 def build(cfg):

@@ -2,8 +2,10 @@
 
 `make_train_step(loss_fn, tx, ...)` turns a pure ``loss_fn(params, batch, rng) ->
 (loss, metrics)`` into a pure ``step(state, batch, rng) -> (state, metrics)`` that every
-trainer shares. A non-finite loss or gradient leaves params and optimizer state unchanged
-(the step counter still advances, so data order and schedule stay aligned) and reports
+trainer shares. With ``uses_extra=True`` the loss is ``loss_fn(params, batch, rng, extra)``
+and receives ``state.extra`` (e.g. DPO's frozen reference; never differentiated).
+A non-finite loss or gradient leaves params and optimizer state unchanged (the step
+counter still advances, so data order and schedule stay aligned) and reports
 ``skipped = 1``; the loop decides whether that stops the run.
 """
 from __future__ import annotations
@@ -29,12 +31,17 @@ def split_microbatches(batch, n: int):
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, grad_accum: int = 1,
-                    grad_fn: Callable | None = None):
+                    grad_fn: Callable | None = None, uses_extra: bool = False):
     """`grad_fn(params, batch, rng) -> ((loss, metrics), grads)` replaces the default
-    value_and_grad of `loss_fn` (e.g. to also differentiate MoE routing probes)."""
-    grad_fn = grad_fn or jax.value_and_grad(loss_fn, has_aux=True)
+    value_and_grad of `loss_fn` (e.g. to also differentiate MoE routing probes).
+    `uses_extra`: `loss_fn(params, batch, rng, extra)` gets `state.extra` (not differentiated)."""
+    base_grad_fn = grad_fn or jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch, rng):
+        grad_fn = base_grad_fn
+        if uses_extra:
+            extra = jax.lax.stop_gradient(state.extra)
+            grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, extra), has_aux=True)
         if grad_accum == 1:
             (loss, metrics), grads = grad_fn(state.params, batch, rng)
         else:

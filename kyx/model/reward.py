@@ -1,0 +1,44 @@
+"""Scalar-head model: a Decoder backbone (dense or MoE) plus a linear value head.
+
+``RewardModel(cfg).apply({"params": p}, tokens_bt, segment_ids_bt, positions_bt)`` returns
+``(values_bt, aux)``: one scalar per position, w · h_t on the final (normed) hidden state;
+the reward of a sequence is the value at its last real token (``last_token_values``). No
+bias: Bradley–Terry only sees reward differences, so a bias would get no gradient but
+rounding noise (which Adam would amplify). The
+backbone is exactly a pretraining Decoder, stored under ``params["backbone"]``, so
+``init_from`` can load a pretraining run into it (``with_backbone``). Its LM head is kept
+but unused (XLA drops the dead logits). ``aux`` is the Decoder's (MoE loss and metrics).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kyx.model.config import ModelConfig
+from kyx.model.layers import param_with_axes
+from kyx.model.transformer import Decoder
+
+
+class RewardModel(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None):
+        _, aux = Decoder(self.cfg, name="backbone")(tokens_bt, segment_ids_bt, positions_bt)
+        h_btd = aux["hidden_btd"].astype(jnp.float32)
+        w_d = param_with_axes(self, "value_kernel", nn.initializers.normal(self.cfg.init_std),
+                              (h_btd.shape[-1],), ("embed",))
+        values_bt = jnp.einsum("btd,d->bt", h_btd, w_d, precision=jax.lax.Precision.HIGHEST)
+        return values_bt, aux
+
+
+def last_token_values(values_bt, segment_ids_bt):
+    """Value at each row's last real token (rows hold one right-padded sequence)."""
+    last_b = jnp.maximum(jnp.sum(segment_ids_bt > 0, axis=-1) - 1, 0)
+    return jnp.take_along_axis(values_bt, last_b[:, None], axis=-1)[:, 0]
+
+
+def with_backbone(params, backbone_params):
+    """RewardModel params with the backbone replaced (e.g. by a pretraining run's params)."""
+    return {**params, "backbone": backbone_params}

@@ -1,0 +1,127 @@
+"""Post-training test fixtures: small overrides, one shared tiny pretraining run, and a
+helper that runs a trainer's step function on a given mesh (for 8-vs-1-device checks)."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from kyx import config as config_lib
+from kyx import sharding
+from kyx.model.params import init_params, param_shardings
+from kyx.train import loop, pretrain
+from kyx.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config_path(name):
+    return os.path.join(ROOT, "configs", f"{name}.py")
+
+
+@pytest.fixture(scope="session")
+def post_config():
+    """post_config(name, overrides) -> the configs/<name>.py:tiny config with overrides."""
+    return lambda name, overrides: config_lib.load(config_path(name) + ":tiny", overrides)
+
+
+LONGER = ["data.seq_len=64", "model.max_seq_len=64"]
+
+
+@pytest.fixture(scope="session")
+def post_overrides(fast_overrides):
+    """fast_overrides with room for chat-formatted records and small mined datasets."""
+    return fast_overrides + LONGER + [
+        "data.records.max_train=64", "data.records.max_eval=16",
+        "data.records.max_prompt_chars=120", "data.records.max_response_lines=2",
+        "data.records.max_response_chars=80"]
+
+
+@pytest.fixture(scope="session")
+def pretrained(fast_overrides, tmp_path_factory):
+    """A 4-step tiny pretraining workdir to start post-training from."""
+    workdir = tmp_path_factory.mktemp("pretrained")
+    cfg = config_lib.load(config_path("pretrain") + ":tiny",
+                          fast_overrides + LONGER + ["train.steps=4"])
+    loop.run(pretrain.build(cfg), str(workdir))
+    return str(workdir)
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def run_steps(trainer, mesh, preset, batches, seed=0):
+    """Apply `trainer.step_fn` to numpy `batches` on `mesh`, as the loop does.
+
+    Starts from `trainer.init_params()` (else a seeded init); a DPO frozen reference is
+    a copy of the initial params. Returns (per-step metrics, final params) on the host.
+    """
+    rules = sharding.get_rules(preset)
+    model, tx = trainer.model, trainer.tx
+    p_sh, _ = param_shardings(model, mesh, rules)
+    if trainer.init_params is not None:
+        host = _host(trainer.init_params())
+    else:
+        host = _host(init_params(model, jax.random.key(seed), mesh, rules))
+    extra = extra_sh = None
+    if trainer.extra is not None:
+        extra_sh = {"ref": p_sh}
+        extra = {"ref": jax.device_put(host, p_sh)}
+    state_sh, _ = state_lib.state_shardings(model, tx, mesh, rules, extra_sh,
+                                            jax.eval_shape(lambda: extra) if extra else None)
+    state, _ = state_lib.create(model, tx, mesh, rules, seed, params=host, extra=extra,
+                                extra_shardings=extra_sh)
+    batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
+    step = jax.jit(trainer.step_fn, in_shardings=(state_sh, batch_sh, None),
+                   out_shardings=(state_sh, None))
+    metrics = []
+    with sharding.use_mesh(mesh, rules):
+        for i, b in enumerate(batches):
+            dev = {k: jax.device_put(v, batch_sh[k]) for k, v in b.items()}
+            state, m = step(state, dev, jax.random.fold_in(jax.random.key(seed), i))
+            metrics.append(_host(m))
+    return metrics, _host(state.params)
+
+
+def assert_same_run(a, b, tol=1e-4):
+    (m1, p1), (m8, p8) = a, b
+    for s1, s8 in zip(m1, m8):
+        for k in s1:
+            np.testing.assert_allclose(s8[k], s1[k], rtol=tol, atol=tol, err_msg=k)
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+        np.testing.assert_allclose(y, x, rtol=tol, atol=tol)
+
+
+@pytest.fixture
+def steps_on_mesh():
+    """steps_on_mesh(trainer, batches) -> (metrics, params) on the 2x4 data x fsdp mesh."""
+    return lambda trainer, batches: run_steps(
+        trainer, sharding.make_mesh({"data": 2, "fsdp": 4}), "fsdp", batches)
+
+
+# 8-device meshes per rule preset (1-device runs do not depend on the preset)
+PRESET_MESHES = {
+    "dp": {"data": 8},
+    "fsdp": {"data": 2, "fsdp": 4},
+    "fsdp_tp": {"data": 2, "fsdp": 2, "tensor": 2},
+    "ep": {"data": 2, "expert": 4},
+}
+DENSE_PRESETS = ("dp", "fsdp", "fsdp_tp")
+
+
+@pytest.fixture
+def eight_vs_one():
+    """eight_vs_one(trainer, batches, presets=DENSE_PRESETS): run on 1 device, then on the
+    8-device mesh of every preset; each must match the 1-device run. Returns
+    (1-device run, {preset: 8-device run})."""
+    def compare(trainer, batches, presets=DENSE_PRESETS):
+        one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+        ran1 = run_steps(trainer, one, "dp", batches)
+        ran8 = {}
+        for preset in presets:
+            ran8[preset] = run_steps(trainer, sharding.make_mesh(PRESET_MESHES[preset]),
+                                     preset, batches)
+            assert_same_run(ran1, ran8[preset])
+        return ran1, ran8
+    return compare
