@@ -2,7 +2,7 @@
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
-               --top-k K --top-p P --seed S]
+               --top-k K --top-p P --seed S --chat]
     kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
     kyx convert --from-hf HF_DIR --workdir OUT | --to-hf --workdir DIR --out HF_DIR
     kyx upcycle --workdir DENSE --out MOE --num-experts E [--noise S]
@@ -47,14 +47,18 @@ def _sample(argv) -> int:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=-1)
+    parser.add_argument("--chat", action="store_true",
+                        help="prompt as a user turn of the chat template; stop at end of turn "
+                             "(SFT / DPO policies)")
     args = parser.parse_args(argv)
     from kyx.api import load
 
     model = load(args.workdir, args.step)
     text = model.generate(args.prompt, max_tokens=args.max_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          seed=args.seed)
-    print(args.prompt + text, flush=True)
+                          seed=args.seed, chat=args.chat)
+    print(f"user: {args.prompt}\nassistant: {text}" if args.chat else args.prompt + text,
+          flush=True)
     return 0
 
 

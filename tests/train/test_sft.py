@@ -32,6 +32,11 @@ def test_sft_negative_feedback_cli_resume(post_overrides, pretrained, post_confi
     assert abs(r["train/loss"] - (r["train/ce"] + r["train/neg_unlikelihood"])) < 1e-5
     evals = [r for r in rows if "eval/neg_logp" in r]
     assert evals and evals[-1]["eval/neg_logp"] < 0 and evals[-1]["eval/loss"] > 0
+    # the SFT policy samples in chat format from the CLI, stopping at end of turn
+    capsys.readouterr()
+    assert cli_main(["sample", "--workdir", str(tmp_path), "--prompt", "def f():", "--chat",
+                     "--max-tokens", "6", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("user: def f():\nassistant: ")
 
 
 def test_sft_eight_devices_equal_one(post_overrides, pretrained, post_config, eight_vs_one):
