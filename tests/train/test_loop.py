@@ -162,6 +162,7 @@ def test_train_writes_artifacts_and_sample_cli(fast_overrides, tmp_path, capsys)
     assert len(stats["per_position_loss_sum"]) == 32 and sum(stats["per_position_count"]) > 0
     resolved = config_lib.load_json(tmp_path / "config.json")
     assert resolved.model.d_model == 32
+    capsys.readouterr()  # drop the training output (tfds prints when it builds the corpus)
     assert cli_main(["sample", "--workdir", str(tmp_path), "--prompt", "def ",
                      "--max-tokens", "5", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("def ")
