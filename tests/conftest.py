@@ -37,6 +37,48 @@ def run_notebook(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def packed_batch():
+    """packed_batch(vocab_size, seed=0, b=8, t=16): random tokens in two packed documents
+    per row (segment ids 1, 2; the last 3 positions of row 0 are padding)."""
+    import numpy as np
+
+    def make(vocab_size, seed=0, b=8, t=16):
+        rng = np.random.default_rng(seed)
+        tokens = rng.integers(0, vocab_size, (b, t)).astype(np.int32)
+        seg = np.ones((b, t), np.int32)
+        seg[:, t // 2:] = 2
+        seg[0, -3:] = 0
+        pos = np.concatenate([np.arange(t // 2), np.arange(t - t // 2)])[None].repeat(b, 0)
+        return {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": seg,
+                "positions": pos.astype(np.int32), "loss_mask": (seg > 0).astype(np.float32)}
+    return make
+
+
+@pytest.fixture(scope="session")
+def lower_pretrain_step():
+    """lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules) -> StableHLO text of
+    the pretraining step lowered on abstract sharded inputs (no memory is allocated)."""
+    import jax.numpy as jnp
+
+    from kyx import sharding
+    from kyx.train import pretrain
+    from kyx.train import state as state_lib
+
+    def lower(cfg, step_fn, shardings, abstract, mesh, rules):
+        b, t = cfg.data.batch_size, cfg.data.seq_len
+        batch_sh = {k: sharding.named_sharding(v, mesh, rules)
+                    for k, v in pretrain.BATCH_AXES.items()}
+        batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                         sharding=batch_sh[k]) for k in batch_sh}
+        target = state_lib.with_shardings(abstract, shardings)
+        with sharding.use_mesh(mesh, rules):
+            return jax.jit(step_fn, in_shardings=(shardings, batch_sh, None),
+                           out_shardings=(shardings, None)).lower(
+                target, batch, jax.random.key(0)).as_text()
+    return lower
+
+
+@pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """~60 standard-library modules copied into a text directory."""
     src = sysconfig.get_paths()["stdlib"]

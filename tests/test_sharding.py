@@ -61,24 +61,13 @@ def test_replication_check_passes_fsdp_and_names_offenders_under_dp():
         sharding.check_replication(dp_shardings, abstract, mesh, "fsdp")
 
 
-def _batch(seed=0, b=8, t=16):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32)
-    seg = np.ones((b, t), np.int32)
-    seg[:, t // 2:] = 2
-    seg[0, -3:] = 0
-    pos = np.concatenate([np.arange(t // 2), np.arange(t - t // 2)])[None].repeat(b, 0)
-    return {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": seg,
-            "positions": pos.astype(np.int32), "loss_mask": (seg > 0).astype(np.float32)}
-
-
-def _loss_and_grads(mesh, preset, loss_cfg):
+def _loss_and_grads(mesh, preset, loss_cfg, batch_np):
     model = Decoder(CFG)
     rules = sharding.get_rules(preset)
     params = init_params(model, jax.random.key(0), mesh, rules)
     shardings, _ = param_shardings(model, mesh, rules)
     batch_sh = sharding.named_sharding(("act_batch", "act_length"), mesh, rules)
-    batch = jax.device_put(_batch(), batch_sh)
+    batch = jax.device_put(batch_np, batch_sh)
     fn = jax.value_and_grad(make_loss_fn(model, loss_cfg), has_aux=True)
     step = jax.jit(fn, in_shardings=(shardings, batch_sh),
                    out_shardings=((None, None), shardings))
@@ -96,13 +85,14 @@ MESHES = {
 
 @pytest.mark.parametrize("preset", sorted(MESHES))
 @pytest.mark.parametrize("loss_name", ["ce", "mile"])
-def test_eight_devices_equal_one_device(preset, loss_name):
+def test_eight_devices_equal_one_device(preset, loss_name, packed_batch):
     loss_cfg = loss_defaults().to_dict()
     loss_cfg.update(name=loss_name, max_z_weight=2e-4)
     one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    loss1, grads1, _ = _loss_and_grads(one, preset, loss_cfg)
+    batch = packed_batch(CFG.vocab_size)
+    loss1, grads1, _ = _loss_and_grads(one, preset, loss_cfg, batch)
     eight = sharding.make_mesh(MESHES[preset])
-    loss8, grads8, sharded = _loss_and_grads(eight, preset, loss_cfg)
+    loss8, grads8, sharded = _loss_and_grads(eight, preset, loss_cfg, batch)
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

@@ -58,11 +58,8 @@ class SafetensorsReader:
         fname = self.where[name]
         if fname not in self._files:
             self._files[fname] = self._open(os.path.join(self.dir, fname), "numpy")
-        x = self._files[fname].get_tensor(name)
-        if shape is not None and tuple(x.shape) != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
-                                  f"expected {tuple(shape)}")
-        return np.asarray(x, dtype=np.float32)
+        return _hf_tensor(name, np.asarray(self._files[fname].get_tensor(name), np.float32),
+                          shape)
 
 
 class DictReader:
@@ -78,11 +75,15 @@ class DictReader:
         if name not in self.sd:
             raise CheckpointError(f"tensor {name!r} is missing"
                                   + (f" (expected shape {tuple(shape)})" if shape else ""))
-        x = np.asarray(self.sd[name], dtype=np.float32)
-        if shape is not None and tuple(x.shape) != tuple(shape):
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
-                                  f"expected {tuple(shape)}")
-        return x
+        return _hf_tensor(name, np.asarray(self.sd[name], dtype=np.float32), shape)
+
+
+def _hf_tensor(name: str, x: np.ndarray, shape) -> np.ndarray:
+    """`x`, or a CheckpointError naming the HF tensor when its shape is not `shape`."""
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
+                              f"expected {tuple(shape)}")
+    return x
 
 
 def read_hf_config(model_dir: str) -> dict:

@@ -3,6 +3,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,17 +18,6 @@ CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_
                   ffn_dim=128, moe_num_experts=8, moe_top_k=2, moe_ffn_dim=64,
                   moe_shared_experts=1, moe_capacity_factor=1.0, moe_router_jitter=0.1,
                   moe_route_error_weight=0.1, attn_reuse_prob=0.5)
-
-
-def _batch(seed=0, b=8, t=16):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, CFG.vocab_size, (b, t)).astype(np.int32)
-    seg = np.ones((b, t), np.int32)
-    seg[:, t // 2:] = 2
-    seg[0, -3:] = 0
-    pos = np.concatenate([np.arange(t // 2), np.arange(t - t // 2)])[None].repeat(b, 0)
-    return {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": seg,
-            "positions": pos.astype(np.int32), "loss_mask": (seg > 0).astype(np.float32)}
 
 
 def make_moe_loss_fn(model, cfg):
@@ -48,21 +38,21 @@ def make_moe_loss_fn(model, cfg):
 def _random_params(cfg, seed=0):
     """Host parameters of the right shapes (no init compile): norms 1, weights N(0, 0.1)."""
     abstract = nn.unbox(jax.eval_shape(Decoder(cfg).init, jax.random.key(0),
-                                       _batch()["tokens"])["params"])
+                                       jax.ShapeDtypeStruct((8, 16), jnp.int32))["params"])
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
         lambda path, a: np.ones(a.shape, np.float32) if "norm" in jax.tree_util.keystr(path)
         else rng.normal(0.0, 0.1, a.shape).astype(np.float32), abstract)
 
 
-def _run(cfg, host_params, mesh, preset):
+def _run(cfg, host_params, mesh, preset, batch_np):
     model = Decoder(cfg)
     rules = sharding.get_rules(preset)
     shardings, abstract = param_shardings(model, mesh, rules)
     sharding.check_replication(shardings, abstract, mesh, preset)
     params = jax.device_put(host_params, shardings)
     batch_sh = sharding.named_sharding(("act_batch", "act_length"), mesh, rules)
-    batch = jax.device_put(_batch(), batch_sh)
+    batch = jax.device_put(batch_np, batch_sh)
     probes = zero_probes(model)
     fn = jax.value_and_grad(make_moe_loss_fn(model, cfg), argnums=(0, 1), has_aux=True)
     step = jax.jit(fn, in_shardings=(shardings, None, batch_sh, None),
@@ -77,12 +67,13 @@ def _run(cfg, host_params, mesh, preset):
     ("capacity", {"data": 2, "expert": 4}),
     pytest.param("dropless", {"fsdp": 2, "expert": 4}, marks=pytest.mark.slow),
 ])
-def test_ep_eight_devices_equal_one_device(dispatch, axes):
+def test_ep_eight_devices_equal_one_device(dispatch, axes, packed_batch):
     cfg = dataclasses.replace(CFG, moe_dispatch=dispatch)
     params = _random_params(cfg)
     one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    loss1, m1, g1 = _run(cfg, params, one, "ep")
-    loss8, m8, g8 = _run(cfg, params, sharding.make_mesh(axes), "ep")
+    batch = packed_batch(CFG.vocab_size)
+    loss1, m1, g1 = _run(cfg, params, one, "ep", batch)
+    loss8, m8, g8 = _run(cfg, params, sharding.make_mesh(axes), "ep", batch)
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
     assert set(m8) == set(m1) and "moe/layer1/flagged_frac" in m8
     if dispatch == "capacity":

@@ -7,7 +7,6 @@ import os
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -56,7 +55,7 @@ def test_presets_build_and_small_matches_dense_active_params():
     assert abs(matmul_params(big) / 1e9 - 0.92) < 0.02 and big.moe_shared_experts == 2
 
 
-def test_64e_shards_and_lowers_on_simulated_mesh():
+def test_64e_shards_and_lowers_on_simulated_mesh(lower_pretrain_step):
     cfg = config_lib.load(f"{MOE}:64e", ["mesh.expert=4", "mesh.fsdp=-1"])
     model, tx, step_fn = pretrain.build_step(cfg)
     mesh = sharding.make_mesh({a: cfg.mesh[a] for a in sharding.MESH_AXES})
@@ -69,15 +68,8 @@ def test_64e_shards_and_lowers_on_simulated_mesh():
     assert frac <= 0.02
     experts = shardings.params["moe_layers"]["sparse"]["moe"]["wi_gate"]
     assert experts.spec[1] == "expert"
-    b, t = cfg.data.batch_size, cfg.data.seq_len
-    batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in pretrain.BATCH_AXES.items()}
-    batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
-                                     sharding=batch_sh[k]) for k in batch_sh}
-    target = state_lib.with_shardings(abstract, shardings)
-    with sharding.use_mesh(mesh, rules):
-        lowered = jax.jit(step_fn, in_shardings=(shardings, batch_sh, None),
-                          out_shardings=(shardings, None)).lower(target, batch, jax.random.key(0))
-    assert "sharding" in lowered.as_text()[:200000]
+    text = lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules)
+    assert "sharding" in text[:200000]
 
 
 def _sweep_module():

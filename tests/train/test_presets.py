@@ -2,7 +2,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from kyx import config as config_lib
@@ -17,7 +16,8 @@ PRETRAIN = os.path.join(ROOT, "configs", "pretrain.py")
 
 @pytest.mark.parametrize("preset,expected_params", [
     ("tiny", 1.6e6), ("small", 33e6), ("1b", 0.97e9), ("7b", 7.0e9)])
-def test_preset_shards_and_lowers_on_simulated_mesh(preset, expected_params):
+def test_preset_shards_and_lowers_on_simulated_mesh(preset, expected_params,
+                                                    lower_pretrain_step):
     cfg = config_lib.load(f"{PRETRAIN}:{preset}", ["mesh.data=1", "mesh.fsdp=-1"])
     model, tx, step_fn = pretrain.build_step(cfg)
     mesh = sharding.make_mesh({a: cfg.mesh[a] for a in sharding.MESH_AXES})
@@ -28,16 +28,8 @@ def test_preset_shards_and_lowers_on_simulated_mesh(preset, expected_params):
     frac = sharding.check_replication(shardings.params, abstract.params, mesh, cfg.mesh.rules)
     assert frac <= 0.02
     if preset in ("1b", "7b"):  # lowering proves shardings and shapes line up, no memory
-        b, t = cfg.data.batch_size, cfg.data.seq_len
-        batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in pretrain.BATCH_AXES.items()}
-        batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
-                                         sharding=batch_sh[k]) for k in batch_sh}
-        target = state_lib.with_shardings(abstract, shardings)
-        with sharding.use_mesh(mesh, rules):
-            lowered = jax.jit(step_fn, in_shardings=(shardings, batch_sh, None),
-                              out_shardings=(shardings, None)).lower(
-                target, batch, jax.random.key(0))
-        assert "sharding" in lowered.as_text()[:200000]
+        text = lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules)
+        assert "sharding" in text[:200000]
 
 
 def test_mesh_that_does_not_divide_batch_is_rejected():
