@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kyx import config as config_lib  # noqa: E402
-from kyx.checkpoint import excp_cli  # noqa: E402
+from kyx.commands import excp as excp_cli  # noqa: E402
 from kyx.checkpoint.excp import ExcpChain  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
 from kyx.train import loop, registry  # noqa: E402

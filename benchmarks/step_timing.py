@@ -2,7 +2,7 @@
 
 ``time_grad_step(spec, overrides, steps, peak)`` builds the config's decoder with random
 weights and a random full-length batch, compiles the pretraining loss gradient (with the
-routing-error probes when that loss is on), and returns the median step time, tokens/s,
+routing-error probes when that loss is on; kyx/train/step.py), and returns the median step time, tokens/s,
 achieved matmul FLOP/s (kyx/model/flops.py: active parameters, causal attention halved)
 and MFU against ``peak`` (the dense matmul FLOP/s measured in the same process).
 """
@@ -17,7 +17,8 @@ from kyx import config as config_lib
 from kyx.model import Decoder, ModelConfig
 from kyx.model.flops import matmul_params, train_flops_per_token
 from kyx.objectives.lm import default_config as loss_defaults
-from kyx.train.pretrain import make_grad_fn, make_loss_fn
+from kyx.train.pretrain import make_loss_fn
+from kyx.train.step import make_grad_fn
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -40,14 +41,9 @@ def time_grad_step(spec: str, overrides: list[str], steps: int, peak: float) -> 
     params = jax.tree.map(lambda x: getattr(x, "value", x), params,
                           is_leaf=lambda x: hasattr(x, "value"))
     batch = random_batch(mcfg.vocab_size, b, t)
-    loss_fn = make_loss_fn(model, loss_defaults())
-    grad_fn = make_grad_fn(model, loss_fn)  # None unless the routing-error loss is on
-    if grad_fn is None:
-        fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-        call = lambda: fn(params, batch)  # noqa: E731
-    else:
-        fn = jax.jit(grad_fn)
-        call = lambda: fn(params, batch, jax.random.key(1))  # noqa: E731
+    # the training gradient: training RNG streams on, routing-error probes when that loss is on
+    fn = jax.jit(make_grad_fn(model, make_loss_fn(model, loss_defaults())))
+    call = lambda: fn(params, batch, jax.random.key(1), {})  # noqa: E731
     jax.block_until_ready(call())  # compile
     times = []
     for _ in range(steps):

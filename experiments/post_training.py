@@ -28,8 +28,8 @@ sys.path.insert(0, ROOT)
 from kyx import config as config_lib  # noqa: E402
 from kyx import sharding  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
-from kyx.model import upcycle  # noqa: E402
-from kyx.train import loop, posttrain, registry  # noqa: E402
+from kyx.commands import upcycle  # noqa: E402
+from kyx.train import loop, registry  # noqa: E402
 
 KEYS = {"rm": ("eval/accuracy", "eval/margin", "eval/loss", "eval/accuracy_strength2",
                "eval/accuracy_strength3"),
@@ -46,8 +46,8 @@ def load(name, overrides):
 def initial_eval(trainer) -> dict:
     """The trainer's eval metrics at its starting params (before any update)."""
     cfg = trainer.config
-    mesh, rules = posttrain.mesh_and_rules(cfg)
-    params = trainer.init_params()
+    mesh, rules = sharding.mesh_from_config(cfg.mesh)
+    params = {name: spec.init() for name, spec in trainer.models.items() if spec.init}
     batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
     fn = jax.jit(trainer.eval_fn)
     sums = None

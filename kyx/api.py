@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kyx import config as config_lib
 from kyx import sharding
-from kyx.interop.hf_tokenizer import load_tokenizer
-from kyx.errors import CheckpointError
+from kyx.checkpoint import workdir as workdir_lib
+from kyx.data.hf_tokenizer import load_tokenizer
+from kyx.interop import hf_dir
 from kyx.model.config import ModelConfig
 from kyx.model.decode import generate
 from kyx.model.transformer import Decoder
-from kyx.train.init_from import load_params
 
 
 @dataclasses.dataclass
@@ -57,24 +55,16 @@ class LoadedModel:
 
 
 def load(workdir: str, step: int = -1) -> LoadedModel:
-    """Load a trained workdir (config, tokenizer, newest or given params), or a Hugging
-    Face model directory (config.json + safetensors) directly."""
-    from kyx.interop import convert, hf, hf_layouts
+    """Load a trained workdir (config, tokenizer, newest or given params of its ``policy``
+    model), or a Hugging Face model directory (config.json + safetensors) directly."""
+    from kyx.train.pretrain import config_for_model
 
-    if convert.is_hf_dir(workdir):
-        model_cfg, layout = hf_layouts.model_config_from_hf(hf.read_hf_config(workdir))
-        params = hf.load_params(workdir, model_cfg, layout)
-        from kyx.train.pretrain import default_config
-        cfg = default_config()
-        for key, value in vars(model_cfg).items():
-            cfg.model[key] = value
-        return LoadedModel(cfg, params, load_tokenizer(workdir), Decoder(model_cfg))
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise CheckpointError(f"{workdir!r} is not a kyx workdir (no config.json)")
-    cfg = config_lib.load_json(cfg_path)
+    mesh = sharding.single_device_mesh()
+    if hf_dir.is_hf_dir(workdir):
+        hf = hf_dir.load_hf_model(workdir, mesh)
+        return LoadedModel(config_for_model(hf.config), hf.params, hf.tokenizer,
+                           Decoder(hf.config))
+    cfg = workdir_lib.read_config(workdir)
     model = Decoder(ModelConfig.from_config(cfg.model))
-    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    params = load_params(workdir, model, mesh, sharding.get_rules("dp"), step)
-    tokenizer = load_tokenizer(workdir)
-    return LoadedModel(cfg, params, tokenizer, model, step if step >= 0 else None)
+    params = workdir_lib.load_params(workdir, model, mesh, sharding.get_rules("dp"), step)
+    return LoadedModel(cfg, params, load_tokenizer(workdir), model, step if step >= 0 else None)

@@ -12,6 +12,10 @@ import os
 
 import jax
 
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
+
 _started = False
 
 
@@ -39,5 +43,6 @@ def maybe_initialize() -> None:
                   "process_id": int(os.environ["JAX_PROCESS_ID"])}
     jax.distributed.initialize(**kwargs)
     _started = True
-    print(f"jax.distributed: process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.local_device_count()} local / {jax.device_count()} global devices", flush=True)
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count())

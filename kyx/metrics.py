@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kyx.errors import DataError
+from kyx.fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -139,7 +139,7 @@ def _rewrite_upto(path: Path, step: int) -> None:
     kept = [r for r in read_metrics(path.parent) if r.get("step", -1) <= step]
     text = "".join(json.dumps({k: _encode(v) for k, v in r.items()}, allow_nan=False) + "\n"
                    for r in kept)
-    _atomic_write(path, text)
+    atomic_write(path, text)
 
 
 def _drop_partial_last_line(path: Path) -> None:
@@ -148,21 +148,7 @@ def _drop_partial_last_line(path: Path) -> None:
         return
     data = path.read_bytes()
     if not data.endswith(b"\n"):
-        _atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8"))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, data[: data.rfind(b"\n") + 1].decode("utf-8"))
 
 
 # ----------------------------------------------------------------------------- progress bar

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from kyx import axes as ax
 from kyx.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
@@ -30,61 +31,55 @@ BATCH_AXES = ("data", "fsdp", "expert")  # mesh axes that split the global batch
 Rules = tuple[tuple[str, Any], ...]
 
 _ACTIVATIONS_DP: Rules = (
-    ("act_batch", BATCH_AXES),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", None),
-    ("act_kv_heads", None),
-    ("act_mlp", None),
-    ("act_vocab", None),
-    ("act_exp", None),
-    ("act_exp_batch", BATCH_AXES),
+    (ax.ACT_BATCH, BATCH_AXES),
+    (ax.ACT_LENGTH, None),
+    (ax.ACT_EMBED, None),
+    (ax.ACT_HEADS, None),
+    (ax.ACT_KV_HEADS, None),
+    (ax.ACT_MLP, None),
+    (ax.ACT_VOCAB, None),
+    (ax.ACT_EXP, None),
+    (ax.ACT_EXP_BATCH, BATCH_AXES),
 )
 _ACTIVATIONS_TP: Rules = (
-    ("act_batch", BATCH_AXES),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("act_exp", None),
-    ("act_exp_batch", BATCH_AXES),
+    (ax.ACT_BATCH, BATCH_AXES),
+    (ax.ACT_LENGTH, None),
+    (ax.ACT_EMBED, None),
+    (ax.ACT_HEADS, "tensor"),
+    (ax.ACT_KV_HEADS, "tensor"),
+    (ax.ACT_MLP, "tensor"),
+    (ax.ACT_VOCAB, "tensor"),
+    (ax.ACT_EXP, None),
+    (ax.ACT_EXP_BATCH, BATCH_AXES),
 )
 # Expert parallelism: the expert dimension of MoE weights and of dispatched tokens lives on
 # `expert`; dispatched tokens keep their remaining batch split over data x fsdp. Ordinary
 # activations are still split over all batch axes, so the dispatch is an all-to-all.
 _ACTIVATIONS_EP: Rules = tuple(
-    (k, v) for k, v in _ACTIVATIONS_DP if k not in ("act_exp", "act_exp_batch")) + (
-    ("act_exp", "expert"),
-    ("act_exp_batch", ("data", "fsdp")),
+    (k, v) for k, v in _ACTIVATIONS_DP if k not in (ax.ACT_EXP, ax.ACT_EXP_BATCH)) + (
+    (ax.ACT_EXP, "expert"),
+    (ax.ACT_EXP_BATCH, ("data", "fsdp")),
 )
+
+
+def _params(**mesh_axes) -> Rules:
+    """Parameter rules: every logical parameter axis replicated unless given a mesh axis."""
+    return tuple((name, mesh_axes.get(name)) for name in ax.PARAM_AXES)
+
 
 RULE_PRESETS: dict[str, Rules] = {
     # Pure data parallelism: every parameter replicated, batch split over all batch axes.
-    "dp": _ACTIVATIONS_DP + (
-        ("layers", None), ("vocab", None), ("embed", None), ("mlp", None),
-        ("heads", None), ("kv_heads", None), ("head_dim", None), ("exp", None),
-    ),
+    "dp": _ACTIVATIONS_DP + _params(),
     # ZeRO-3 style: parameters and optimizer state sharded over `fsdp` along `embed`.
-    "fsdp": _ACTIVATIONS_DP + (
-        ("layers", None), ("vocab", None), ("embed", "fsdp"), ("mlp", None),
-        ("heads", None), ("kv_heads", None), ("head_dim", None), ("exp", None),
-    ),
+    "fsdp": _ACTIVATIONS_DP + _params(embed="fsdp"),
     # FSDP over `fsdp` plus Megatron tensor parallelism over `tensor`.
-    "fsdp_tp": _ACTIVATIONS_TP + (
-        ("layers", None), ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"),
-        ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None), ("exp", None),
-    ),
+    "fsdp_tp": _ACTIVATIONS_TP + _params(vocab="tensor", embed="fsdp", mlp="tensor",
+                                         heads="tensor", kv_heads="tensor"),
     # Expert parallelism combined with FSDP: MoE expert weights split over `expert` along
     # `exp` (and over `fsdp` along `embed`); everything else as in `fsdp`. With fsdp=1
     # this is plain expert + data parallelism.
-    "ep": _ACTIVATIONS_EP + (
-        ("layers", None), ("vocab", None), ("embed", "fsdp"), ("mlp", None),
-        ("heads", None), ("kv_heads", None), ("head_dim", None), ("exp", "expert"),
-    ),
+    "ep": _ACTIVATIONS_EP + _params(embed="fsdp", exp="expert"),
 }
-
 
 
 def get_rules(preset: str | Rules) -> Rules:
@@ -142,9 +137,20 @@ def make_mesh(axis_sizes: Mapping[str, int] | None = None, devices=None) -> Mesh
     return Mesh(dev_array, MESH_AXES)
 
 
+def mesh_from_config(mesh_cfg) -> tuple[Mesh, Rules]:
+    """(mesh, rules) from a config's ``mesh`` section: axis sizes and the rule preset."""
+    mesh = make_mesh({a: mesh_cfg[a] for a in MESH_AXES if a in mesh_cfg})
+    return mesh, get_rules(mesh_cfg["rules"])
+
+
+def single_device_mesh() -> Mesh:
+    """A 1-device mesh (inspection, conversion, notebooks): every rule maps to no axis."""
+    return make_mesh({"data": 1}, devices=jax.devices()[:1])
+
+
 def batch_divisor(mesh: Mesh, rules: Rules) -> int:
     """Number of shards the batch dimension is split into under these rules."""
-    spec = logical_to_spec(("act_batch",), mesh, rules, shape=None)
+    spec = logical_to_spec(ax.B, mesh, rules, shape=None)
     axes = spec[0] if spec else None
     if axes is None:
         return 1
@@ -188,13 +194,13 @@ def logical_to_spec(names: Sequence[str | None], mesh: Mesh, rules: Rules,
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         kept = []
         size = 1
-        for ax in axes:
-            if ax not in mesh.shape or mesh.shape[ax] == 1 or ax in used:
+        for mesh_axis in axes:
+            if mesh_axis not in mesh.shape or mesh.shape[mesh_axis] == 1 or mesh_axis in used:
                 continue
-            if shape is not None and shape[i] % (size * mesh.shape[ax]):
+            if shape is not None and shape[i] % (size * mesh.shape[mesh_axis]):
                 continue
-            kept.append(ax)
-            size *= mesh.shape[ax]
+            kept.append(mesh_axis)
+            size *= mesh.shape[mesh_axis]
         used.update(kept)
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return P(*out)
@@ -212,6 +218,12 @@ def tree_shardings(logical_specs, abstract_tree, mesh: Mesh, rules: Rules):
         return named_sharding(names, mesh, rules, leaf.shape)
     return jax.tree.map(one, logical_specs, abstract_tree,
                         is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def with_shardings(abstract, shardings):
+    """ShapeDtypeStructs carrying shardings, as targets for restoring checkpoints."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
 
 
 # ----------------------------------------------------------------------------- context

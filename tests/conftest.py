@@ -57,12 +57,12 @@ def packed_batch():
 @pytest.fixture(scope="session")
 def lower_pretrain_step():
     """lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules) -> StableHLO text of
-    the pretraining step lowered on abstract sharded inputs (no memory is allocated)."""
+    the pretraining step lowered on abstract sharded inputs (no memory is allocated);
+    `shardings` / `abstract` are those of the whole TrainState."""
     import jax.numpy as jnp
 
     from kyx import sharding
     from kyx.train import pretrain
-    from kyx.train import state as state_lib
 
     def lower(cfg, step_fn, shardings, abstract, mesh, rules):
         b, t = cfg.data.batch_size, cfg.data.seq_len
@@ -70,7 +70,7 @@ def lower_pretrain_step():
                     for k, v in pretrain.BATCH_AXES.items()}
         batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
                                          sharding=batch_sh[k]) for k in batch_sh}
-        target = state_lib.with_shardings(abstract, shardings)
+        target = sharding.with_shardings(abstract, shardings)
         with sharding.use_mesh(mesh, rules):
             return jax.jit(step_fn, in_shardings=(shardings, batch_sh, None),
                            out_shardings=(shardings, None)).lower(

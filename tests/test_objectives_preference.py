@@ -158,13 +158,13 @@ def test_log1m_exp_is_finite_near_zero_and_accurate():
         close(gi, math.log(-math.expm1(xi)))
 
 
-def test_pair_loss_dispatch_and_llama3_nll():
+def test_preference_loss_dispatch_and_llama3_nll():
     cfg = pref.default_config()
     cfg.nll_coef = 0.2
     pol = {"chosen": arr(PC), "rejected": arr(PR), "n_chosen": arr(NC), "n_rejected": arr(NR),
            "nll_chosen": arr([-12.0, -14.0, -9.0]), "nll_n_chosen": arr([6.0, 7.0, 5.0])}
     ref = {"chosen": arr(RC), "rejected": arr(RR)}
-    loss, m = pref.pair_loss(cfg, pol, ref)
+    loss, m = pref.preference_loss(cfg, pol, ref, {})
     dpo_loss, _ = pref.dpo(arr(PC), arr(PR), arr(RC), arr(RR), 0.1)
     close(loss, float(dpo_loss) + 0.2 * (35.0 / 18.0))
     bad = ml_collections.ConfigDict(cfg.to_dict())

@@ -9,6 +9,7 @@ from kyx.errors import ConfigError
 from kyx.model import Decoder, ModelConfig
 from kyx.model.params import init_params, param_shardings
 from kyx.objectives.lm import default_config as loss_defaults
+from kyx.train.forward import LossContext
 from kyx.train.pretrain import make_loss_fn
 
 CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -68,7 +69,8 @@ def _loss_and_grads(mesh, preset, loss_cfg, batch_np):
     shardings, _ = param_shardings(model, mesh, rules)
     batch_sh = sharding.named_sharding(("act_batch", "act_length"), mesh, rules)
     batch = jax.device_put(batch_np, batch_sh)
-    fn = jax.value_and_grad(make_loss_fn(model, loss_cfg), has_aux=True)
+    loss_fn = make_loss_fn(model, loss_cfg)
+    fn = jax.value_and_grad(lambda p, b: loss_fn(p, b, LossContext()), has_aux=True)
     step = jax.jit(fn, in_shardings=(shardings, batch_sh),
                    out_shardings=((None, None), shardings))
     with sharding.use_mesh(mesh, rules):

@@ -5,6 +5,11 @@ The archiver reads a checkpoint back from disk after Orbax has committed it, in 
 background thread, so the training step never waits for k-means. Each chain entry keeps
 what ExCP itself does not (the step, RNG, optimizer counters, data-iterator state) in its
 `meta`, so a reconstructed step resumes like a full checkpoint.
+
+Every trainable model of the TrainState is compressed (tensor names ``<model>/<param>``);
+frozen models (no optimizer state, e.g. DPO's reference) never change, so they are not
+put in the chain: a reconstruction takes them from a full Orbax checkpoint of the run
+(``keep_full >= 2`` of them always exist).
 """
 from __future__ import annotations
 
@@ -18,8 +23,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kyx.checkpoint.excp import ExcpChain, ExcpOptions
+from kyx.checkpoint.manager import Checkpointer
 from kyx.checkpoint.excp_optax import find_adam_state, flat_to_tree, flatten_adam, unflatten_adam
 from kyx.errors import CheckpointError
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -70,24 +79,77 @@ def _set_scalar_leaves(opt_state, values: list):
     return jax.tree.unflatten(treedef, out)
 
 
+def _prefixed(name: str, flat: dict) -> dict:
+    return {f"{name}/{k}": x for k, x in flat.items()}
+
+
+def _unprefixed(name: str, flat: dict) -> dict:
+    head = name + "/"
+    return {k[len(head):]: x for k, x in flat.items() if k.startswith(head)}
+
+
 def append_state(chain: ExcpChain, state, data_state: Any) -> dict:
-    """Compress one host train state (numpy leaves) into the chain; returns its stats."""
-    w, m, v = flatten_adam(state.params, state.opt_state)
+    """Compress the trainable models of one host train state (numpy leaves) into the
+    chain; returns its stats."""
+    w, m, v, scalars = {}, {}, {}, {}
+    for name in sorted(state.models):
+        model = state.models[name]
+        if model.opt_state is None:
+            continue
+        for out, flat in zip((w, m, v), flatten_adam(model.params, model.opt_state)):
+            out.update(_prefixed(name, flat))
+        scalars[name] = _scalar_leaves(model.opt_state)
     meta = {"train_step": int(np.asarray(state.step)), "rng": np.asarray(state.rng).tolist(),
-            "opt_scalars": _scalar_leaves(state.opt_state), "data_state": data_state}
+            "opt_scalars": scalars, "data_state": data_state}
     return chain.append(int(np.asarray(state.step)), w, m, v, meta=meta)
 
 
 def state_from_chain(chain: ExcpChain, step: int, abstract_state):
-    """(host TrainState, data_state) for `step`, shaped like `abstract_state`."""
+    """(host TrainState, data_state) for `step`, shaped like `abstract_state`.
+
+    Frozen models are zeros here: fill them with ``frozen_from_full``."""
     w, m, v = chain.reconstruct(step)
     meta = chain.meta(step)
     host = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
-    params = flat_to_tree(host.params, w)
-    opt_state = _set_scalar_leaves(unflatten_adam(host.opt_state, m, v), meta["opt_scalars"])
-    state = host.replace(step=np.asarray(meta["train_step"], np.int32), params=params,
-                         opt_state=opt_state, rng=np.asarray(meta["rng"], np.uint32))
+    models = dict(host.models)
+    try:
+        for name, model in host.models.items():
+            if model.opt_state is None:
+                continue
+            opt_state = unflatten_adam(model.opt_state, _unprefixed(name, m),
+                                       _unprefixed(name, v))
+            models[name] = model.replace(
+                params=flat_to_tree(model.params, _unprefixed(name, w)),
+                opt_state=_set_scalar_leaves(opt_state, meta["opt_scalars"][name]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"ExCP step {step} in {chain.root} does not match this run's models "
+            f"{sorted(host.models)} ({type(e).__name__}: {e}); a chain written by another "
+            "trainer, model or kyx version cannot be resumed by this one") from e
+    state = host.replace(step=np.asarray(meta["train_step"], np.int32), models=models,
+                         rng=np.asarray(meta["rng"], np.uint32))
     return state, meta.get("data_state")
+
+
+def frozen_from_full(ckpt_dir: str, state, abstract_state):
+    """``state`` with its frozen models read from the newest readable full checkpoint in
+    ``ckpt_dir`` (they are equal in every checkpoint of a run)."""
+    frozen = [n for n, m in abstract_state.models.items() if m.opt_state is None]
+    if not frozen:
+        return state
+    ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
+    errors = []
+    for s in reversed(ckpt.steps() if ckpt else []):
+        try:
+            models = {n: state.models[n].replace(params=ckpt.restore_params(
+                s, abstract_state.models[n].params, n)) for n in frozen}
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        return state.replace(models={**state.models, **models})
+    raise CheckpointError(
+        f"the frozen models {frozen} are not in the ExCP chain and no full checkpoint in "
+        f"{ckpt_dir} holds them{': ' + errors[-1] if errors else ''}")
 
 
 class Archiver:
@@ -105,8 +167,7 @@ class Archiver:
         """Resuming from `step`: later chain entries describe a future that is discarded."""
         dropped = self.chain.truncate(step)
         if dropped:
-            print(f"ExCP: dropped compressed steps {dropped} newer than resume step {step}",
-                  flush=True)
+            log.info("ExCP: dropped compressed steps %s newer than resume step %d", dropped, step)
 
     def submit(self, step: int, data_state: Any) -> None:
         """Queue a committed Orbax step (call after Orbax finished writing it)."""

@@ -17,6 +17,7 @@ import numpy as np
 import zstandard
 
 from kyx.errors import CheckpointError
+from kyx.fileio import atomic_write, commit
 
 MAGIC = b"KYXEXCP\x01"
 MANIFEST = "manifest.json"
@@ -58,25 +59,8 @@ def unshuffle32(raw: bytes, dtype) -> np.ndarray:
     return planes.T.copy(order="C").view(dtype).reshape(-1)
 
 
-def _fsync_replace(tmp: str, path: str) -> None:
-    os.replace(tmp, path)
-    try:  # make the rename durable; not every filesystem supports fsync on a directory
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def read_manifest(root: str) -> dict | None:
@@ -116,7 +100,7 @@ class StepWriter:
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
-        _fsync_replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
         return self.offset + len(body) + _TAIL.size, digest(body)
 
     def abort(self) -> None:

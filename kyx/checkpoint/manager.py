@@ -7,17 +7,16 @@ that fails to read is reported by path and the previous good one is used.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from kyx.errors import CheckpointError
+from kyx.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,17 +28,44 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
+DEFAULT_MODEL = "policy"
+
+
+def default_model(names) -> str:
+    """The model a params reader takes when none is named: ``policy`` if present, else the
+    only model."""
+    names = sorted(names)
+    if DEFAULT_MODEL in names:
+        return DEFAULT_MODEL
+    if len(names) == 1:
+        return names[0]
+    raise CheckpointError(f"the checkpoint holds models {names}; name the one to load")
+
+
 class Checkpointer:
-    """Thin wrapper over ocp.CheckpointManager with items state / data / config."""
+    """Thin wrapper over ocp.CheckpointManager with items state / data / config.
+
+    The state item is a TrainState (kyx/train/state.py): ``{"step", "models": {name:
+    {"params", "opt_state"}}, "rng"}``. A read-only Checkpointer also reads single parts
+    of it (one model's params) and the layout written before kyx kept several models in
+    one state (``{"params", "opt_state", ...}``, read as model ``policy``).
+    """
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.abspath(directory)
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
             read_only=read_only)
+        handlers = None
+        if read_only:  # partial restores and metadata need the PyTree handler up front
+            handlers = {"state": ocp.PyTreeCheckpointHandler(),
+                        "data": ocp.JsonCheckpointHandler(),
+                        "config": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "config"))
+            self.directory, options=options, item_names=None if handlers else (
+                "state", "data", "config"), item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -61,19 +87,49 @@ class Checkpointer:
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """Restore one step onto the shardings carried by `abstract_state`."""
         try:
+            state_args = (ocp.args.PyTreeRestore(
+                item=abstract_state,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+                if self.read_only else ocp.args.StandardRestore(abstract_state))
             out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+                state=state_args, data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for unreadable data
             raise CheckpointError(
                 f"checkpoint step {step} at {self.step_dir(step)} is unreadable or corrupted: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
         return out["state"], out["data"], out["config"]
 
-    def restore_params(self, step: int, abstract_params) -> Any:
-        """Restore only the params subtree (for `init_from`)."""
+    def model_names(self, step: int) -> list[str]:
+        """Models stored at ``step`` (read-only Checkpointers)."""
+        tree = self.state_tree(step)
+        return sorted(tree["models"]) if "models" in tree else [DEFAULT_MODEL]
+
+    def state_tree(self, step: int) -> dict:
+        """The metadata tree of the state saved at ``step`` (read-only Checkpointers)."""
         try:
+            tree = self.manager.item_metadata(step)["state"]
+        except Exception as e:
+            raise CheckpointError(f"cannot read the layout of checkpoint step {step} at "
+                                  f"{self.step_dir(step)}: {type(e).__name__}: "
+                                  f"{str(e)[:300]}") from e
+        if tree is None:
+            raise CheckpointError(f"checkpoint step {step} at {self.step_dir(step)} has no "
+                                  "readable state metadata")
+        return tree
+
+    def restore_params(self, step: int, abstract_params, name: str | None = None) -> Any:
+        """Restore one model's params (for ``init_from`` / ``kyx.load``); ``name`` None:
+        ``default_model`` of what the checkpoint holds."""
+        tree = self.state_tree(step)
+        if "models" in tree:
+            name = name or default_model(tree["models"])
+            if name not in tree["models"]:
+                raise CheckpointError(f"checkpoint step {step} at {self.step_dir(step)} has no "
+                                      f"model {name!r}; it has {sorted(tree['models'])}")
+            target = {"models": {name: {"params": abstract_params}}}
+        else:  # the single-model layout of earlier kyx versions
             target = {"params": abstract_params}
+        try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
                     item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -82,7 +138,12 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot read params from checkpoint step {step} at {self.step_dir(step)}: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
-        return out["state"]["params"]
+        state = out["state"]
+        return state["models"][name]["params"] if "models" in state else state["params"]
+
+    def save_params(self, step: int, params, config: dict, name: str = DEFAULT_MODEL) -> None:
+        """A params-only checkpoint (converted or upcycled models; read by ``init_from``)."""
+        self.save(step, {"models": {name: {"params": params}}}, {}, config, force=True)
 
     def restore_latest(self, abstract_state, step: int = -1):
         """Newest readable checkpoint (or exactly `step`); None when there is none.
@@ -101,7 +162,6 @@ class Checkpointer:
                 return (s, *self.restore(s, abstract_state))
             except CheckpointError as e:
                 log.warning("%s; falling back to the previous checkpoint", e)
-                print(f"WARNING: {e}; falling back to the previous checkpoint", flush=True)
         if steps:
             raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {steps})")
         return None

@@ -38,8 +38,9 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from kyx.errors import ConfigError, DataError
+from kyx.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SPLITS = ("train", "validation")
 _MAX_LISTED_SKIPS = 20  # skipped paths kept in metadata, per reason
@@ -240,7 +241,8 @@ def _absl_quiet():
         logger.setLevel(level)
 
 
-def _fingerprint(obj: Any) -> str:
+def fingerprint(obj: Any) -> str:
+    """Short stable digest of JSON-able data (builder configs, dataset names)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -252,7 +254,7 @@ def _build_local(builder_cls, cfg, root: str, relpaths: list[str], data_dir: str
     stat = [(r, st.st_size, st.st_mtime_ns) for r in cap_files(relpaths, cfg.max_files)
             for st in [os.stat(os.path.join(root, r))]]
     options = [cfg.max_files, cfg.val_fraction, cfg.min_val_files]
-    fp = _fingerprint([builder_cls.__name__, root, stat, options, builder_cls.VERSION.major])
+    fp = fingerprint([builder_cls.__name__, root, stat, options, builder_cls.VERSION.major])
     name = f"{_slug(os.path.basename(root))}_{fp}"
     config = FilesConfig(name=name, path=cfg.path, max_files=cfg.max_files,
                          val_fraction=cfg.val_fraction, min_val_files=cfg.min_val_files,
@@ -284,7 +286,7 @@ def _load_tfds(cfg, dataset: str) -> Corpus:
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     return Corpus(name=cfg.name, builder=builder, text_feature=cfg.text_feature,
                   stats={"splits": splits},
-                  fingerprint=f"tfds:{builder.info.full_name}:{_fingerprint(splits)}")
+                  fingerprint=f"tfds:{builder.info.full_name}:{fingerprint(splits)}")
 
 
 def load_corpus(cfg) -> Corpus:

@@ -234,6 +234,13 @@ def make_dataset(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train"
     return ds
 
 
+def process_split() -> dict:
+    """This process's share of every global batch (``make_iterator`` keyword arguments)."""
+    import jax
+
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
 def make_iterator(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train", *,
                   process_index: int = 0, process_count: int = 1) -> BatchIterator:
     """A fresh iterator over ``split``; restore a checkpoint with ``it.set_state(state)``."""
@@ -257,7 +264,7 @@ def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
     train split (cached by fingerprint)."""
     tcfg = cfg.tokenizer
     if tcfg.model_path and os.path.isdir(tcfg.model_path):
-        from kyx.interop.hf_tokenizer import load_tokenizer
+        from kyx.data.hf_tokenizer import load_tokenizer
         return load_tokenizer(tcfg.model_path)
     if tcfg.model_path:
         return SentencePieceTokenizer.from_file(tcfg.model_path)

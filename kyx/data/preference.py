@@ -40,6 +40,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from kyx import axes as ax
 from kyx.data import chat, pipeline
 from kyx.errors import ConfigError, DataError
 
@@ -177,7 +178,7 @@ class SftBatch:
                                                       "tokens_positions")}])
 
 
-SFT_AXES = {k: ("act_batch", "act_length") for k in (
+SFT_AXES = {k: ax.BT for k in (
     "tokens", "targets", "segment_ids", "positions", "loss_mask", "neg_tokens", "neg_targets",
     "neg_segment_ids", "neg_positions", "neg_mask", "neg_index")}
 
@@ -337,12 +338,12 @@ class PairBatch:
 
 def pair_axes(kind: str, with_ref: bool) -> dict:
     """Trainer.batch_axes for pair / KTO batches."""
-    axes = {"weight": ("act_batch",), SCALARS[kind]: ("act_batch",)}
+    axes = {"weight": ax.B, SCALARS[kind]: ax.B}
     for name in SEQUENCES[kind]:
         for key in ("tokens", "targets", "segment_ids", "loss_mask", "format_mask"):
-            axes[f"{name}_{key}"] = ("act_batch", "act_length")
+            axes[f"{name}_{key}"] = ax.BT
         if with_ref:
-            axes[f"ref_{name}_logps"] = ("act_batch",)
+            axes[f"ref_{name}_logps"] = ax.B
     return axes
 
 

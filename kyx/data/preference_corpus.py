@@ -20,7 +20,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import logging
 import os
 from typing import Any
 
@@ -30,8 +29,9 @@ import tensorflow_datasets as tfds
 from kyx.data import corpus as corpus_lib
 from kyx.data import mining, records
 from kyx.errors import ConfigError, DataError
+from kyx.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _MAX_LISTED = 20  # locations of skipped records kept in metadata, per reason
 
 
@@ -233,10 +233,6 @@ class RecordSource:
         return out
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def load_records(data_cfg, kind: str, corpus: corpus_lib.Corpus | None = None) -> Records:
     """Build (once) or load the records named by ``data_cfg.records`` for ``kind``."""
     records.check_kind(kind)
@@ -253,13 +249,13 @@ def load_records(data_cfg, kind: str, corpus: corpus_lib.Corpus | None = None) -
         stat = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
         key = [stat, rc.eval_path != "", rc.val_fraction, opts, records.KINDS]
         cls, kwargs = KyxJsonlRecords, {}
-        config = RecordsConfig(name=f"{kind}_{_fingerprint(key)}", path=rc.path,
+        config = RecordsConfig(name=f"{kind}_{corpus_lib.fingerprint(key)}", path=rc.path,
                                eval_path=rc.eval_path, val_fraction=rc.val_fraction, **opts)
     elif rc.source == "mined":
         corpus = corpus or corpus_lib.load_corpus(data_cfg)
         key = [corpus.fingerprint, opts, mining.MINING_VERSION]
         cls, kwargs = KyxMinedRecords, {"corpus": corpus}
-        config = RecordsConfig(name=f"{kind}_{_fingerprint(key)}", **opts)
+        config = RecordsConfig(name=f"{kind}_{corpus_lib.fingerprint(key)}", **opts)
     else:
         raise ConfigError(f"data.records.source must be 'mined' or 'jsonl', got {rc.source!r}")
     with corpus_lib._absl_quiet():

@@ -21,17 +21,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 
 from kyx.errors import ConfigError, DataError
+from kyx.logs import get_logger
+from kyx.fileio import atomic_write
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Reserved for chat formatting (post-training); ids 4..7 in tokenizers trained here.
@@ -214,9 +214,5 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, cache_dir: str
         raise ConfigError(f"SentencePiece training failed (tokenizer.vocab_size={vocab_size}, "
                           f"{sum(map(len, sentences))} characters of text): {e}") from e
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.getvalue())
-        os.replace(tmp, path)  # atomic: concurrent trainers never see a partial file
+        atomic_write(path, model.getvalue())  # concurrent trainers never see a partial file
     return SentencePieceTokenizer(model.getvalue(), path=path)

@@ -97,7 +97,7 @@ def read_hf_config(model_dir: str) -> dict:
 def load_params(model_dir, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp"):
     """Params of an HF directory (or a DictReader) as jax Arrays placed with the model's
     shardings."""
-    mesh = mesh or sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    mesh = mesh or sharding.single_device_mesh()
     rules = sharding.get_rules(rules)
     shardings, abstract = param_shardings(Decoder(cfg), mesh, rules)
     reader = model_dir if isinstance(model_dir, DictReader) else SafetensorsReader(model_dir)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kyx import axes as ax
 from kyx.model.layers import param_with_axes
 from kyx.sharding import constrain
 
@@ -115,26 +116,29 @@ class Attention(nn.Module):
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
                  cache: dict | None = None, prev_probs: jax.Array | None = None,
                  reuse: jax.Array | None = None):
-        """Returns ``(out_btd, new_cache)``; with ``prev_probs`` (training only, no cache)
-        returns ``(out_btd, None, probs_bkgts)`` where ``probs`` are the probabilities this
-        layer used (its own, or ``prev_probs`` when the scalar ``reuse`` is true)."""
+        """Returns ``(out_btd, new_cache, probs_bkgts)``.
+
+        ``new_cache`` is None without a cache. ``probs`` is None unless ``prev_probs`` is
+        given (attention-weight reuse; training only, no cache): then it holds the
+        probabilities this layer used (its own, or ``prev_probs`` when the scalar ``reuse``
+        is true), for the next layer."""
         d = x_btd.shape[-1]
         h, k, hd = self.num_heads, self.num_kv_heads, self.head_dim
         init = nn.initializers.normal(self.init_std)
-        wq = param_with_axes(self, "wq", init, (d, h, hd), ("embed", "heads", "head_dim"))
-        wk = param_with_axes(self, "wk", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
-        wv = param_with_axes(self, "wv", init, (d, k, hd), ("embed", "kv_heads", "head_dim"))
-        wo = param_with_axes(self, "wo", init, (h, hd, d), ("heads", "head_dim", "embed"))
+        wq = param_with_axes(self, "wq", init, (d, h, hd), (ax.EMBED, ax.HEADS, ax.HEAD_DIM))
+        wk = param_with_axes(self, "wk", init, (d, k, hd), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
+        wv = param_with_axes(self, "wv", init, (d, k, hd), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM))
+        wo = param_with_axes(self, "wo", init, (h, hd, d), (ax.HEADS, ax.HEAD_DIM, ax.EMBED))
         zeros = nn.initializers.zeros
         if self.qkv_bias:
-            bq = param_with_axes(self, "bq", zeros, (h, hd), ("heads", "head_dim"))
-            bk = param_with_axes(self, "bk", zeros, (k, hd), ("kv_heads", "head_dim"))
-            bv = param_with_axes(self, "bv", zeros, (k, hd), ("kv_heads", "head_dim"))
+            bq = param_with_axes(self, "bq", zeros, (h, hd), (ax.HEADS, ax.HEAD_DIM))
+            bk = param_with_axes(self, "bk", zeros, (k, hd), (ax.KV_HEADS, ax.HEAD_DIM))
+            bv = param_with_axes(self, "bv", zeros, (k, hd), (ax.KV_HEADS, ax.HEAD_DIM))
         x = x_btd.astype(self.dtype)
         v_btkd = jnp.einsum("btd,dhk->bthk", x, wv.astype(self.dtype))
         if self.qkv_bias:
             v_btkd = v_btkd + bv.astype(self.dtype)
-        v_btkd = constrain(v_btkd, ("act_batch", "act_length", "act_kv_heads", None))
+        v_btkd = constrain(v_btkd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_KV_HEADS, None))
 
         def project_qk():
             q_bthd = jnp.einsum("btd,dhk->bthk", x, wq.astype(self.dtype))
@@ -142,8 +146,8 @@ class Attention(nn.Module):
             if self.qkv_bias:
                 q_bthd = q_bthd + bq.astype(self.dtype)
                 k_btkd = k_btkd + bk.astype(self.dtype)
-            q_bthd = constrain(q_bthd, ("act_batch", "act_length", "act_heads", None))
-            k_btkd = constrain(k_btkd, ("act_batch", "act_length", "act_kv_heads", None))
+            q_bthd = constrain(q_bthd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_HEADS, None))
+            k_btkd = constrain(k_btkd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_KV_HEADS, None))
             if self.position == "rope":
                 inv_freq = rope_frequencies(hd, *self.rope)
                 q_bthd = apply_rope(q_bthd, positions_bt, inv_freq)
@@ -185,12 +189,12 @@ class Attention(nn.Module):
             mask = cache_mask(positions_bt, s)
         out_bthd = dot_product_attention(q_bthd, keys.astype(self.dtype),
                                          values.astype(self.dtype), mask, bias(kv_pos_bs))
-        return self._out(out_bthd, wo), new_cache
+        return self._out(out_bthd, wo), new_cache, None
 
     def _out(self, out_bthd, wo):
-        out_bthd = constrain(out_bthd, ("act_batch", "act_length", "act_heads", None))
+        out_bthd = constrain(out_bthd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_HEADS, None))
         out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo.astype(self.dtype))
-        return constrain(out_btd, ("act_batch", "act_length", "act_embed"))
+        return constrain(out_btd, ax.BTD)
 
 
 def attention_probs(q_bthd, k_bskd, mask_b1ts, bias_bhts=None):

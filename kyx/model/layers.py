@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kyx import axes as ax
 from kyx.sharding import constrain
 
 
@@ -28,7 +29,8 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x_btd: jax.Array) -> jax.Array:
-        scale_d = param_with_axes(self, "scale", nn.initializers.ones, (x_btd.shape[-1],), ("embed",))
+        scale_d = param_with_axes(self, "scale", nn.initializers.ones, (x_btd.shape[-1],),
+                                  (ax.EMBED,))
         x32 = x_btd.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (x32 * scale_d).astype(self.dtype)
@@ -44,11 +46,11 @@ class Embed(nn.Module):
     def setup(self):
         self.embedding = param_with_axes(
             self, "embedding", nn.initializers.normal(self.init_std),
-            (self.vocab_size, self.d_model), ("vocab", "embed"))
+            (self.vocab_size, self.d_model), (ax.VOCAB, ax.EMBED))
 
     def __call__(self, tokens_bt: jax.Array) -> jax.Array:
         x_btd = jnp.take(self.embedding, tokens_bt, axis=0).astype(self.dtype)
-        return constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+        return constrain(x_btd, ax.BTD)
 
     def attend(self, x_btd: jax.Array) -> jax.Array:
         w_vd = self.embedding.astype(self.dtype)
@@ -65,15 +67,15 @@ class SwiGLU(nn.Module):
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         d = x_btd.shape[-1]
         init = nn.initializers.normal(self.init_std)
-        w_gate_df = param_with_axes(self, "wi_gate", init, (d, self.hidden_dim), ("embed", "mlp"))
-        w_up_df = param_with_axes(self, "wi_up", init, (d, self.hidden_dim), ("embed", "mlp"))
-        w_down_fd = param_with_axes(self, "wo", init, (self.hidden_dim, d), ("mlp", "embed"))
+        w_gate_df = param_with_axes(self, "wi_gate", init, (d, self.hidden_dim), (ax.EMBED, ax.MLP))
+        w_up_df = param_with_axes(self, "wi_up", init, (d, self.hidden_dim), (ax.EMBED, ax.MLP))
+        w_down_fd = param_with_axes(self, "wo", init, (self.hidden_dim, d), (ax.MLP, ax.EMBED))
         x = x_btd.astype(self.dtype)
         gate_btf = jnp.einsum("btd,df->btf", x, w_gate_df.astype(self.dtype))
         up_btf = jnp.einsum("btd,df->btf", x, w_up_df.astype(self.dtype))
-        h_btf = constrain(nn.silu(gate_btf) * up_btf, ("act_batch", "act_length", "act_mlp"))
+        h_btf = constrain(nn.silu(gate_btf) * up_btf, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_MLP))
         out_btd = jnp.einsum("btf,fd->btd", h_btf, w_down_fd.astype(self.dtype))
-        return constrain(out_btd, ("act_batch", "act_length", "act_embed"))
+        return constrain(out_btd, ax.BTD)
 
 
 class OutputHead(nn.Module):
@@ -90,11 +92,11 @@ class OutputHead(nn.Module):
     @nn.compact
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         w_vd = param_with_axes(self, "kernel", nn.initializers.normal(self.init_std),
-                               (self.vocab_size, x_btd.shape[-1]), ("vocab", "embed"))
+                               (self.vocab_size, x_btd.shape[-1]), (ax.VOCAB, ax.EMBED))
         if self.norm_head:
             w_vd = normalize_rows(w_vd)
         logits_btv = jnp.einsum("btd,vd->btv", x_btd.astype(self.dtype), w_vd.astype(self.dtype))
-        return constrain(logits_btv, ("act_batch", "act_length", "act_vocab"))
+        return constrain(logits_btv, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_VOCAB))
 
 
 def normalize_rows(w_vd: jax.Array, eps: float = 1e-12) -> jax.Array:

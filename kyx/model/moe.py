@@ -29,13 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kyx import axes as ax
 from kyx.model.config import ModelConfig
 from kyx.model.layers import SwiGLU, param_with_axes
 from kyx.objectives import moe as moe_obj
 from kyx.sharding import constrain
 
 PROBE_COLLECTION = "moe_probe"
-EXPERT_ACT = ("act_exp_batch", "act_exp", None, "act_embed")
+EXPERT_ACT = (ax.ACT_EXP_BATCH, ax.ACT_EXP, None, ax.ACT_EMBED)
 
 
 class Router(nn.Module):
@@ -47,13 +48,13 @@ class Router(nn.Module):
     @nn.compact
     def __call__(self, r_btd: jax.Array) -> jax.Array:
         w_de = param_with_axes(self, "kernel", nn.initializers.normal(self.init_std),
-                               (r_btd.shape[-1], self.num_experts), ("embed", None))
+                               (r_btd.shape[-1], self.num_experts), (ax.EMBED, None))
         r = r_btd.astype(jnp.float32)
         if self.jitter > 0 and self.has_rng("jitter"):
             r = r * jax.random.uniform(self.make_rng("jitter"), r.shape, jnp.float32,
                                        1.0 - self.jitter, 1.0 + self.jitter)
         logits_bte = jnp.einsum("btd,de->bte", r, w_de, precision=jax.lax.Precision.HIGHEST)
-        return constrain(logits_bte, ("act_batch", "act_length", None))
+        return constrain(logits_bte, (ax.ACT_BATCH, ax.ACT_LENGTH, None))
 
 
 def top_k_indices(probs_bte, k: int):
@@ -65,7 +66,8 @@ def top_k_indices(probs_bte, k: int):
         i_bt = jnp.argmax(p, axis=-1)
         picks.append(i_bt)
         p = jnp.where(jax.nn.one_hot(i_bt, p.shape[-1], dtype=bool), -jnp.inf, p)
-    return constrain(jnp.stack(picks, axis=-1).astype(jnp.int32), ("act_batch", "act_length", None))
+    return constrain(jnp.stack(picks, axis=-1).astype(jnp.int32),
+                     (ax.ACT_BATCH, ax.ACT_LENGTH, None))
 
 
 def topk_gates(logits_bte, expert_idx_btk, normalize: bool):
@@ -112,9 +114,9 @@ class MoE(nn.Module):
         idx_btk = top_k_indices(probs_bte, k)
         init = nn.initializers.normal(cfg.init_std)
         w = {
-            "gate": param_with_axes(self, "wi_gate", init, (e, d, f), ("exp", "embed", "mlp")),
-            "up": param_with_axes(self, "wi_up", init, (e, d, f), ("exp", "embed", "mlp")),
-            "down": param_with_axes(self, "wo", init, (e, f, d), ("exp", "mlp", "embed")),
+            "gate": param_with_axes(self, "wi_gate", init, (e, d, f), (ax.EXP, ax.EMBED, ax.MLP)),
+            "up": param_with_axes(self, "wi_up", init, (e, d, f), (ax.EXP, ax.EMBED, ax.MLP)),
+            "down": param_with_axes(self, "wo", init, (e, f, d), (ax.EXP, ax.MLP, ax.EMBED)),
         }
         w = {n: a.astype(dtype) for n, a in w.items()}
         x = x_btd.astype(dtype)
@@ -133,7 +135,7 @@ class MoE(nn.Module):
         if cfg.moe_shared_experts:
             y_btd = y_btd + SwiGLU(cfg.moe_shared_experts * f, cfg.init_std, dtype,
                                    name="shared")(x_btd)
-        y_btd = constrain(y_btd.astype(dtype), ("act_batch", "act_length", "act_embed"))
+        y_btd = constrain(y_btd.astype(dtype), ax.BTD)
         return y_btd, self._stats(logits_bte, probs_bte, idx_btk, routed_btk, valid_bt)
 
     def _probe(self, e: int) -> jax.Array:
@@ -163,7 +165,7 @@ def _experts_dense(x_becd, w: dict[str, Any]):
     """Per-expert SwiGLU on dispatched buffers [B, E, C, d]."""
     gate = jnp.einsum("becd,edf->becf", x_becd, w["gate"])
     up = jnp.einsum("becd,edf->becf", x_becd, w["up"])
-    h_becf = constrain(nn.silu(gate) * up, ("act_exp_batch", "act_exp", None, "act_mlp"))
+    h_becf = constrain(nn.silu(gate) * up, (ax.ACT_EXP_BATCH, ax.ACT_EXP, None, ax.ACT_MLP))
     return constrain(jnp.einsum("becf,efd->becd", h_becf, w["down"]), EXPERT_ACT)
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kyx import axes as ax
 from kyx.model.config import ModelConfig
 from kyx.model.layers import param_with_axes
 from kyx.model.transformer import Decoder
@@ -28,7 +29,7 @@ class RewardModel(nn.Module):
         _, aux = Decoder(self.cfg, name="backbone")(tokens_bt, segment_ids_bt, positions_bt)
         h_btd = aux["hidden_btd"].astype(jnp.float32)
         w_d = param_with_axes(self, "value_kernel", nn.initializers.normal(self.cfg.init_std),
-                              (h_btd.shape[-1],), ("embed",))
+                              (h_btd.shape[-1],), (ax.EMBED,))
         values_bt = jnp.einsum("btd,d->bt", h_btd, w_d, precision=jax.lax.Precision.HIGHEST)
         return values_bt, aux
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kyx import axes as ax
 from kyx.model.attention import Attention
 from kyx.model.config import ModelConfig
 from kyx.model.layers import Embed, OutputHead, RMSNorm, SwiGLU
@@ -39,12 +40,8 @@ class Block(nn.Module):
         h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x_btd)
         attn = Attention(cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.position,
                          cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, name="attn")
-        if prev_probs is None:
-            out, new_cache = attn(h, segment_ids_bt, positions_bt, cache)
-            probs = None
-        else:
-            out, new_cache, probs = attn(h, segment_ids_bt, positions_bt, None,
-                                         prev_probs=prev_probs, reuse=reuse)
+        out, new_cache, probs = attn(h, segment_ids_bt, positions_bt, cache,
+                                     prev_probs=prev_probs, reuse=reuse)
         x_btd = x_btd + out
         h = RMSNorm(cfg.norm_eps, dtype, name="mlp_norm")(x_btd)
         stats = None
@@ -53,7 +50,7 @@ class Block(nn.Module):
             y, stats = MoE(cfg, name="moe")(h, router_in, segment_ids_bt > 0)
         else:
             y = SwiGLU(cfg.hidden_dim, cfg.init_std, dtype, name="mlp")(h)
-        x_btd = constrain(x_btd + y, ("act_batch", "act_length", "act_embed"))
+        x_btd = constrain(x_btd + y, ax.BTD)
         return (x_btd, probs), (new_cache, stats)
 
 
@@ -103,7 +100,7 @@ def _scan(block, cfg: ModelConfig, length: int, name: str):
         split_rngs={"params": True, "jitter": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=length,
-        metadata_params={nn.PARTITION_NAME: "layers"},
+        metadata_params={nn.PARTITION_NAME: ax.LAYERS},
     )(cfg, name=name)
 
 
@@ -211,4 +208,4 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-CACHE_AXES = ("layers", "act_batch", None, "act_kv_heads", None)
+CACHE_AXES = (ax.LAYERS, ax.ACT_BATCH, None, ax.ACT_KV_HEADS, None)

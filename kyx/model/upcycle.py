@@ -16,6 +16,8 @@ first step. Use ``--router-std 0`` only with ``dropless`` or a capacity factor >
 The optimizer state is not carried over (`init_from` starts a fresh one): rewarm the
 learning rate (a short warmup to a peak no higher than the dense run's peak).
 
+The workdir-to-workdir command (kyx/commands/upcycle.py):
+
     kyx upcycle --workdir DENSE --out MOE --num-experts 8 [--top-k 2] [--every 1]
                 [--first-dense 0] [--noise 0.01] [--noise-type multiplicative|additive]
                 [--router-std STD] [--dispatch capacity|dropless] [--capacity-factor F]
@@ -23,22 +25,16 @@ learning rate (a short warmup to a peak no higher than the dense run's peak).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from kyx.errors import CheckpointError, ConfigError
+from kyx.errors import ConfigError
 from kyx.model.config import ModelConfig
 
 NOISE_TYPES = ("multiplicative", "additive")
 EXPERT_WEIGHTS = ("wi_gate", "wi_up", "wo")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "generation_config.json")
 
 
 def moe_config(dense: ModelConfig, num_experts: int, top_k: int = 2, every: int = 1,
@@ -123,7 +119,7 @@ def _expert_layer(ffn, cfg: ModelConfig, key, noise, noise_type, router_std):
     return layer
 
 
-def _check_tree(params, reference) -> None:
+def check_tree(params, reference) -> None:
     """Raise unless `params` has exactly the structure and shapes of `reference`."""
     got = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
     want = {jax.tree_util.keystr(p): x.shape
@@ -131,75 +127,3 @@ def _check_tree(params, reference) -> None:
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))[:6]
         raise ConfigError(f"upcycled params do not match the MoE model; differences: {diff}")
-
-
-def upcycle_workdir(workdir: str, out: str, num_experts: int, top_k: int = 2, every: int = 1,
-                    first_dense: int = 0, noise: float = 0.01,
-                    noise_type: str = "multiplicative", router_std: float | None = None,
-                    seed: int = 0, step: int = -1, **moe_fields) -> str:
-    """Write an upcycled MoE workdir `out` (config.json, tokenizer, step-0 checkpoint)."""
-    from kyx import config as config_lib
-    from kyx import sharding
-    from kyx.checkpoint.manager import Checkpointer
-    from kyx.model.params import abstract_params
-    from kyx.model.transformer import Decoder
-    from kyx.train.init_from import load_params
-
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise CheckpointError(f"{workdir!r} is not a kyx workdir (no config.json)")
-    if os.path.exists(os.path.join(out, "checkpoints")):
-        raise CheckpointError(f"--out {out!r} already holds checkpoints; choose a new directory")
-    cfg = config_lib.load_json(cfg_path)
-    if "model" not in cfg:
-        raise CheckpointError(f"{workdir!r} is not a kyx workdir (config.json has no model "
-                              "section); import Hugging Face models with `kyx convert` first")
-    dense = ModelConfig.from_config(cfg.model)
-    moe = moe_config(dense, num_experts, top_k, every, first_dense, **moe_fields)
-    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    dense_params = load_params(workdir, Decoder(dense), mesh, sharding.get_rules("dp"), step)
-    if step < 0:
-        step = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).steps()[-1]
-    params = upcycle_params(dense_params, dense, moe, jax.random.key(seed), noise, noise_type,
-                            router_std)
-    _check_tree(params, abstract_params(Decoder(moe))[0])
-    cfg.model = ml_collections.ConfigDict(dataclasses.asdict(moe))
-    cfg.upcycle = ml_collections.ConfigDict({
-        "source": os.path.abspath(workdir), "source_step": step, "noise": noise,
-        "noise_type": noise_type, "router_std": -1.0 if router_std is None else router_std,
-        "seed": seed})
-    os.makedirs(out, exist_ok=True)
-    config_lib.dump(cfg, os.path.join(out, "config.json"))
-    for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(workdir, name)):
-            shutil.copy(os.path.join(workdir, name), os.path.join(out, name))
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
-    ckpt.save(0, {"params": params}, {}, config_lib.to_dict(cfg), force=True)
-    ckpt.close()
-    return out
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kyx upcycle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="trained dense kyx workdir")
-    parser.add_argument("--out", required=True, help="new MoE workdir")
-    parser.add_argument("--num-experts", type=int, required=True)
-    parser.add_argument("--top-k", type=int, default=2)
-    parser.add_argument("--every", type=int, default=1, help="every N-th layer is MoE")
-    parser.add_argument("--first-dense", type=int, default=0, help="first K layers stay dense")
-    parser.add_argument("--noise", type=float, default=0.01,
-                        help="relative scale S of the expert noise (0: exact copies)")
-    parser.add_argument("--noise-type", choices=NOISE_TYPES, default="multiplicative")
-    parser.add_argument("--router-std", type=float, default=None,
-                        help="router init std (default: model.init_std; 0: zero router)")
-    parser.add_argument("--dispatch", choices=("capacity", "dropless"), default="capacity")
-    parser.add_argument("--capacity-factor", type=float, default=1.25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--step", type=int, default=-1, help="source step (default: newest)")
-    a = parser.parse_args(argv)
-    out = upcycle_workdir(a.workdir, a.out, a.num_experts, a.top_k, a.every, a.first_dense,
-                          a.noise, a.noise_type, a.router_std, a.seed, a.step,
-                          moe_dispatch=a.dispatch, moe_capacity_factor=a.capacity_factor)
-    print(f"wrote {out}: {a.num_experts} experts (top-{a.top_k}) upcycled from {a.workdir}; "
-          f"optimizer state starts fresh: rewarm the learning rate", flush=True)
-    return 0

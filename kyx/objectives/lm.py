@@ -17,12 +17,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-LOSS_NAMES = ("ce", "mile")
+from kyx.registry import Registry
+
+# loss.name -> fn(logits_btv, targets_bt, mask_bt, cfg) -> (loss, metrics)
+LM_LOSSES = Registry("loss.name")
+# terms added to the main loss when cfg[entry.weight] != 0:
+# fn(logits_btv, targets_bt, mask_bt, weight) -> (loss, metrics)
+LM_TERMS = Registry("lm loss term", weight="")
 
 
 def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
-        "name": "ce",            # "ce" | "mile"
+        "name": "ce",            # a name in LM_LOSSES: "ce" | "mile"
         "mile_gamma": 1.0,       # MiLe exponent; 0 gives exactly cross entropy
         "max_z_weight": 0.0,     # Baichuan 2 max-z loss coefficient (paper: 2e-4)
         "z_loss_weight": 0.0,    # PaLM z-loss coefficient (PaLM: 1e-4)
@@ -100,19 +106,38 @@ def per_position_loss(logits_btv, targets_bt, mask_bt, positions_bt, max_len: in
     return sums, counts
 
 
+@LM_LOSSES.register("ce")
+def _ce_entry(logits_btv, targets_bt, mask_bt, cfg):
+    return cross_entropy(logits_btv, targets_bt, mask_bt)
+
+
+@LM_LOSSES.register("mile")
+def _mile_entry(logits_btv, targets_bt, mask_bt, cfg):
+    return mile_loss(logits_btv, targets_bt, mask_bt, cfg["mile_gamma"])
+
+
+@LM_TERMS.register("max_z", weight="max_z_weight")
+def _max_z_entry(logits_btv, targets_bt, mask_bt, weight):
+    return max_z_loss(logits_btv, mask_bt, weight)
+
+
+@LM_TERMS.register("z_loss", weight="z_loss_weight")
+def _z_loss_entry(logits_btv, targets_bt, mask_bt, weight):
+    return z_loss(logits_btv, mask_bt, weight)
+
+
+def check_config(cfg: Mapping) -> None:
+    """Fail before training on an unknown loss name."""
+    LM_LOSSES.get(cfg["name"])
+
+
 def lm_loss(logits_btv, targets_bt, mask_bt, cfg: Mapping):
-    """The pretraining objective chosen in config: CE or MiLe, plus max-z and z-loss."""
-    name = cfg["name"]
-    if name == "ce":
-        loss, metrics = cross_entropy(logits_btv, targets_bt, mask_bt)
-    elif name == "mile":
-        loss, metrics = mile_loss(logits_btv, targets_bt, mask_bt, cfg["mile_gamma"])
-    else:
-        raise ValueError(f"unknown loss {name!r}; choose one of {LOSS_NAMES}")
-    if cfg.get("max_z_weight", 0.0):
-        extra, m = max_z_loss(logits_btv, mask_bt, cfg["max_z_weight"])
-        loss, metrics = loss + extra, {**metrics, **m}
-    if cfg.get("z_loss_weight", 0.0):
-        extra, m = z_loss(logits_btv, mask_bt, cfg["z_loss_weight"])
-        loss, metrics = loss + extra, {**metrics, **m}
+    """The pretraining objective chosen in config (LM_LOSSES) plus every LM_TERMS entry
+    whose weight is non-zero (max-z, z-loss)."""
+    loss, metrics = LM_LOSSES.get(cfg["name"]).fn(logits_btv, targets_bt, mask_bt, cfg)
+    for term in LM_TERMS.entries():
+        weight = cfg.get(term.weight, 0.0)
+        if weight:
+            extra, m = term.fn(logits_btv, targets_bt, mask_bt, weight)
+            loss, metrics = loss + extra, {**metrics, **m}
     return loss, {**metrics, "loss": loss}

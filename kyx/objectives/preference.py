@@ -14,6 +14,12 @@ weights ``w_b`` (0 for padding rows; means are weighted). With Δ = [s_θ(y_w) �
   desirable λ_D (1 − σ(β(r − z0))), undesirable λ_U (1 − σ(β(z0 − r))).
 * NPO: (2/β) · softplus(β (s_θ(y_l) − s_ref(y_l))) on the rejected response.
 * Bradley–Terry: −log σ(r_c − r_r − m), m from Llama 2's margin table by strength.
+
+``PREFERENCE_LOSSES`` maps ``loss.name`` to an entry ``fn(cfg, pol, ref, batch)`` with
+metadata ``needs_reference`` (the DPO trainer keeps a reference only when it is true),
+``records`` (``"preference"`` pairs or ``"feedback"`` KTO records: what the data pipeline
+builds) and ``defaults`` (the loss's own config fields). Adding a loss is one function
+plus its ``@PREFERENCE_LOSSES.register(...)`` line in this file (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -23,32 +29,35 @@ import ml_collections
 
 from kyx.errors import ConfigError
 from kyx.objectives.sft import log1m_exp
+from kyx.registry import Registry
 
-LOSSES = ("dpo", "ipo", "simpo", "kto", "orpo", "npo")
-REFERENCE_FREE = ("simpo", "orpo")
+RECORD_KINDS = ("preference", "feedback")
+PREFERENCE_LOSSES = Registry("loss.name", needs_reference=True, records="preference",
+                             defaults={})
 # Llama 2 margins by preference strength 0..3 (negligible/unsure, slightly, better, significantly)
 LLAMA2_MARGINS = {"none": (0.0, 0.0, 0.0, 0.0), "small": (0.0, 1 / 3, 2 / 3, 1.0),
                   "large": (0.0, 1.0, 2.0, 3.0)}
 
 
 def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "name": "dpo",               # dpo | ipo | simpo | kto | orpo | npo
+    """Shared fields, plus every registered loss's own ``defaults``."""
+    cfg = {
+        "name": "dpo",               # a name in PREFERENCE_LOSSES
         "beta": 0.1,                 # DPO / KTO / NPO β; IPO τ
         "label_smoothing": 0.0,      # cDPO ε
         "nll_coef": 0.0,             # Llama 3: 0.2 · per-token NLL of the chosen response
         "mask_format_tokens": False,  # Llama 3: drop header / end-of-turn tokens from s(y)
-        "simpo_beta": 2.0,
-        "simpo_gamma_ratio": 0.25,   # γ/β (SimPO config default; 0.5 in the Llama-3-8B recipe)
-        "orpo_lambda": 0.1,
-        "kto_desirable_weight": 1.0,
-        "kto_undesirable_weight": 1.0,
-    })
+    }
+    for entry in PREFERENCE_LOSSES.entries():
+        for key, value in entry.defaults.items():
+            if key in cfg and cfg[key] != value:
+                raise ValueError(f"loss {entry.name!r} redefines the default of {key!r}")
+            cfg[key] = value
+    return ml_collections.ConfigDict(cfg)
 
 
 def check_config(cfg) -> None:
-    if cfg.name not in LOSSES:
-        raise ConfigError(f"loss.name must be one of {LOSSES}, got {cfg.name!r}")
+    PREFERENCE_LOSSES.get(cfg.name)
     if not 0.0 <= cfg.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
     if cfg.beta <= 0 or cfg.simpo_beta <= 0:
@@ -141,31 +150,57 @@ def npo(logps_r_b, ref_r_b, beta=0.1, w_b=None):
     return loss, {"loss": loss, "rewards/rejected": _mean(beta * (logps_r_b - ref_r_b), w_b)}
 
 
-def pair_loss(cfg, pol: dict, ref: dict | None, w_b=None):
-    """The configured loss on a pair batch.
+# ----------------------------------------------------------------------------- registry
+# entry(cfg, pol, ref, batch) -> (loss, metrics). ``pol`` / ``ref``: summed log-probs per
+# sequence name under the loss mask (kyx/train/logprobs.py); ``pol`` also has token counts
+# ``n_<name>``; ``batch`` has ``weight`` (and ``label`` for feedback records).
 
-    ``pol`` / ``ref``: {"chosen", "rejected"} summed log-probs under the loss mask,
-    ``pol`` also {"n_chosen", "n_rejected"} (token counts) and, for ``nll_coef``,
-    {"nll_chosen", "nll_n_chosen"} over all response tokens.
-    """
-    c, r = pol["chosen"], pol["rejected"]
-    name = cfg.name
-    if name == "dpo":
-        loss, m = dpo(c, r, ref["chosen"], ref["rejected"], cfg.beta, cfg.label_smoothing, w_b)
-    elif name == "ipo":
-        loss, m = ipo(c, r, ref["chosen"], ref["rejected"], pol["n_chosen"], pol["n_rejected"],
-                      cfg.beta, w_b)
-    elif name == "simpo":
-        loss, m = simpo(c, r, pol["n_chosen"], pol["n_rejected"], cfg.simpo_beta,
-                        cfg.simpo_gamma_ratio, w_b)
-    elif name == "orpo":
-        loss, m = orpo(c, r, pol["n_chosen"], pol["n_rejected"], cfg.orpo_lambda, w_b)
-    elif name == "npo":
-        loss, m = npo(r, ref["rejected"], cfg.beta, w_b)
-    else:
-        raise ConfigError(f"loss {name!r} does not take pairs (kto takes feedback records)")
-    if cfg.nll_coef:
-        extra = nll(pol["nll_chosen"], pol["nll_n_chosen"], w_b)
+@PREFERENCE_LOSSES.register("dpo")
+def _dpo_entry(cfg, pol, ref, batch):
+    return dpo(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"], cfg.beta,
+               cfg.label_smoothing, batch.get("weight"))
+
+
+@PREFERENCE_LOSSES.register("ipo")
+def _ipo_entry(cfg, pol, ref, batch):
+    return ipo(pol["chosen"], pol["rejected"], ref["chosen"], ref["rejected"],
+               pol["n_chosen"], pol["n_rejected"], cfg.beta, batch.get("weight"))
+
+
+@PREFERENCE_LOSSES.register("simpo", needs_reference=False,
+                            defaults={"simpo_beta": 2.0, "simpo_gamma_ratio": 0.25})
+def _simpo_entry(cfg, pol, ref, batch):
+    # γ/β = 0.25 is SimPO's config default (0.5 in the Llama-3-8B recipe)
+    return simpo(pol["chosen"], pol["rejected"], pol["n_chosen"], pol["n_rejected"],
+                 cfg.simpo_beta, cfg.simpo_gamma_ratio, batch.get("weight"))
+
+
+@PREFERENCE_LOSSES.register("kto", records="feedback",
+                            defaults={"kto_desirable_weight": 1.0, "kto_undesirable_weight": 1.0})
+def _kto_entry(cfg, pol, ref, batch):
+    return kto(pol["response"], ref["response"], pol["kl"], ref["kl"], batch["label"], cfg.beta,
+               cfg.kto_desirable_weight, cfg.kto_undesirable_weight, batch.get("weight"))
+
+
+@PREFERENCE_LOSSES.register("orpo", needs_reference=False, defaults={"orpo_lambda": 0.1})
+def _orpo_entry(cfg, pol, ref, batch):
+    return orpo(pol["chosen"], pol["rejected"], pol["n_chosen"], pol["n_rejected"],
+                cfg.orpo_lambda, batch.get("weight"))
+
+
+@PREFERENCE_LOSSES.register("npo")
+def _npo_entry(cfg, pol, ref, batch):
+    return npo(pol["rejected"], ref["rejected"], cfg.beta, batch.get("weight"))
+
+
+def preference_loss(cfg, pol: dict, ref: dict | None, batch):
+    """The configured loss (``cfg.name``) plus, on pair records, Llama 3's
+    ``nll_coef`` · per-token NLL of the chosen response (``pol["nll_chosen"]`` /
+    ``pol["nll_n_chosen"]``: over all response tokens)."""
+    entry = PREFERENCE_LOSSES.get(cfg.name)
+    loss, m = entry.fn(cfg, pol, ref, batch)
+    if cfg.nll_coef and entry.records == "preference":
+        extra = nll(pol["nll_chosen"], pol["nll_n_chosen"], batch.get("weight"))
         loss = loss + cfg.nll_coef * extra
         m = {**m, "nll_chosen": extra}
     return loss, {**m, "loss": loss}

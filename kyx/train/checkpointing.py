@@ -12,10 +12,13 @@ from typing import Any
 
 import jax
 
+from kyx import sharding
 from kyx.checkpoint import excp_archive
 from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import CheckpointError, ConfigError
-from kyx.train import state as state_lib
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class RunCheckpoints:
@@ -42,14 +45,16 @@ class RunCheckpoints:
     def restore(self) -> tuple[int, Any, Any] | None:
         """(step, device state, data_state) or None for a fresh run."""
         want = self.cfg.checkpoint.resume_step
-        target = state_lib.with_shardings(self.abstract, self.shardings)
+        self._check_models()
+        target = sharding.with_shardings(self.abstract, self.shardings)
         chain_steps = self.archiver.chain.steps() if self.archiver else []
         if want >= 0 and want not in self.ckpt.steps() and want in chain_steps:
             host, data_state = excp_archive.state_from_chain(self.archiver.chain, want,
                                                              self.abstract)
+            host = excp_archive.frozen_from_full(self.ckpt.directory, host, self.abstract)
             state = jax.device_put(host, self.shardings)
-            print(f"resumed from ExCP reconstruction of step {want} "
-                  f"({excp_archive.chain_dir(os.path.dirname(self.ckpt.directory))})", flush=True)
+            log.info("resumed from ExCP reconstruction of step %d (%s)", want,
+                     excp_archive.chain_dir(os.path.dirname(self.ckpt.directory)))
             step = want
         else:
             if want >= 0 and want not in self.ckpt.steps():
@@ -60,20 +65,39 @@ class RunCheckpoints:
             if restored is None:
                 return None
             step, state, data_state, _ = restored
-            print(f"resumed from {self.ckpt.step_dir(step)}", flush=True)
+            log.info("resumed from %s", self.ckpt.step_dir(step))
             if self.archiver and step not in chain_steps:
                 self._uncompressed = (step, data_state)
         self._discard_after(step)
         self.saved.add(step)
         return step, state, data_state
 
+    def _check_models(self) -> None:
+        """A workdir whose checkpoints hold other models than this run's cannot resume
+        (another trainer, or e.g. reference=frozen vs precomputed): say so, instead of
+        reporting every checkpoint as corrupted."""
+        steps = self.ckpt.steps()
+        if not steps:
+            return
+        try:
+            tree = Checkpointer(self.ckpt.directory, read_only=True).state_tree(steps[-1])
+        except CheckpointError:
+            return  # unreadable: restore_latest reports it and falls back
+        stored = sorted(tree["models"]) if "models" in tree else ["<single-model layout>"]
+        wanted = sorted(self.abstract.models)
+        if stored != wanted:
+            workdir = os.path.dirname(self.ckpt.directory)
+            raise CheckpointError(
+                f"the checkpoints in {self.ckpt.directory} hold models {stored}, this run has "
+                f"{wanted} (another trainer, trainer option or kyx version wrote them); use a "
+                f"new --workdir, with --config.init_from={workdir} to start from its params")
+
     def _discard_after(self, step: int) -> None:
         newer = [s for s in self.ckpt.steps() if s > step]
         for s in newer:
             self.ckpt.manager.delete(s)
         if newer:
-            print(f"discarded full checkpoints {newer} newer than the resume step {step}",
-                  flush=True)
+            log.info("discarded full checkpoints %s newer than the resume step %d", newer, step)
         if self.archiver:
             self.archiver.rewind(step)
 
@@ -103,6 +127,6 @@ class RunCheckpoints:
                 self._uncompressed = None
             self.archiver.close()
             for s in self.archiver.stats:
-                print(f"ExCP step {s['step']}: {s['bytes'] / 2**20:.2f} MiB, "
-                      f"ratio {s['ratio']:.1f}x, {s['mb_per_s']:.0f} MB/s", flush=True)
+                log.info("ExCP step %d: %.2f MiB, ratio %.1fx, %.0f MB/s", s["step"],
+                         s["bytes"] / 2**20, s["ratio"], s["mb_per_s"])
         self.ckpt.close()

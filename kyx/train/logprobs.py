@@ -17,6 +17,7 @@ running a frozen copy; both paths give the same loss.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 
@@ -27,15 +28,20 @@ import numpy as np
 from kyx import sharding
 from kyx.data import preference
 from kyx.data.corpus import default_data_dir
+from kyx.fileio import atomic_write
 from kyx.objectives.sft import token_logps
+from kyx.train.forward import forward_with_aux
 
 
-def sequence_logps(model, params, batch, names, mask_format: bool, rngs=None):
-    """({name: s_b, n_name: count_b, nll_name: s_full_b, nll_n_name: count_full_b}, aux)."""
-    cat = lambda key: jnp.concatenate([batch[f"{n}_{key}"] for n in names], axis=0)
-    tokens, segs = cat("tokens"), cat("segment_ids")
-    logits_btv, aux = model.apply({"params": params}, tokens, segs, None, rngs=rngs or {})
-    logp_bt = token_logps(logits_btv, cat("targets"))
+def sequence_logps(model, params, batch, names, mask_format: bool, rng=None, probes=None):
+    """({name: s_b, n_name: count_b, nll_name: s_full_b, nll_n_name: count_full_b}, Forward).
+
+    One forward over all sequences (concatenated along the batch) through
+    ``forward_with_aux``: with ``rng`` the training-only randomness is on."""
+    cat = lambda key: jnp.concatenate([batch[f"{n}_{key}"] for n in names], axis=0)  # noqa: E731
+    fwd = forward_with_aux(model, params, {"tokens": cat("tokens"),
+                                           "segment_ids": cat("segment_ids")}, rng, probes)
+    logp_bt = token_logps(fwd.out, cat("targets"))
     full_bt = cat("loss_mask")
     mask_bt = full_bt * (1.0 - cat("format_mask")) if mask_format else full_bt
     b = batch[f"{names[0]}_tokens"].shape[0]
@@ -46,7 +52,7 @@ def sequence_logps(model, params, batch, names, mask_format: bool, rngs=None):
         out[f"n_{n}"] = jnp.sum(mask_bt[rows], axis=-1)
         out[f"nll_{n}"] = jnp.sum(logp_bt[rows] * full_bt[rows], axis=-1)
         out[f"nll_n_{n}"] = jnp.sum(full_bt[rows], axis=-1)
-    return out, aux
+    return out, fwd
 
 
 def table_key(cfg, records, tokenizer, split: str, reference: str) -> str:
@@ -125,8 +131,7 @@ def reference_table(cfg, model, params_fn, records, template, tokenizer, split, 
             return table
     table = compute_table(cfg, model, params_fn(), records, template, split, mesh, rules)
     if jax.process_index() == 0:
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npy"
-        np.save(tmp, table)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.save(buffer, table)
+        atomic_write(path, buffer.getvalue())
     return table

@@ -1,18 +1,19 @@
-"""The one training loop every trainer uses.
+"""The one training loop: set up (or restore) a run, then steps and the hooks that are due.
 
-Resume order: the workdir's newest good checkpoint, then `init_from` (params only),
-then fresh initialisation. Each step is one jit-compiled call with explicit in/out
-shardings and a donated state; the host only touches metrics every `log_every` steps.
-SIGTERM / SIGINT trigger a final checkpoint before exiting.
+``run(trainer, workdir)`` = ``Run(trainer, workdir)`` (mesh, shardings, restore or fresh
+state, the jitted step) + the plain loop below. Resume order: the workdir's newest good
+checkpoint, then each model's ``init`` (``init_from``), then a seeded fresh init. The
+step is one jit-compiled call with explicit in/out shardings and a donated state; the
+host touches metrics only when a hook asks (``log``, ``eval``). Periodic actions are hooks
+(kyx/train/hooks.py). SIGTERM / SIGINT write the pending metrics and a final checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -22,28 +23,14 @@ from kyx import config as config_lib
 from kyx import metrics as metrics_lib
 from kyx import sharding
 from kyx.errors import KyxError
+from kyx.fileio import atomic_write
+from kyx.logs import get_logger
 from kyx.train import state as state_lib
+from kyx.train.base import Trainer
 from kyx.train.checkpointing import RunCheckpoints
+from kyx.train.hooks import build_hooks
 
-
-@dataclasses.dataclass
-class Trainer:
-    """What a trainer module hands the loop; only `step_fn` and data differ per trainer."""
-    config: Any
-    model: Any
-    tx: Any
-    step_fn: Callable            # (state, batch, rng) -> (state, metrics); pure
-    train_iter: Any              # __next__ -> dict of numpy arrays; get_state / set_state
-    batch_axes: dict             # batch key -> logical axis names
-    tokens_per_step: int
-    flops_per_token: float
-    eval_fn: Callable | None = None        # (params, batch) -> dict of sums; pure
-    eval_batches: Callable[[], Iterable] | None = None
-    summarize_eval: Callable | None = None  # (sums dict of numpy) -> (metrics, artifacts)
-    tokenizer: Any = None
-    init_params: Callable | None = None     # () -> params to adopt instead of fresh init
-    extra: Any = None                       # extra state pytree (e.g. reference params)
-    extra_shardings: Any = None
+log = get_logger(__name__)
 
 
 class NonFiniteLoss(KyxError, RuntimeError):
@@ -73,127 +60,172 @@ class _Preemption:
             signal.signal(sig, old)
 
 
-def _global_batch(batch: dict, shardings: dict) -> dict:
-    """Process-local numpy rows -> global jax Arrays laid out on the mesh."""
-    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
-            for k, v in batch.items()}
-
-
 def run(trainer: Trainer, workdir: str) -> dict:
-    """Train until `train.steps`; returns the last logged metrics."""
-    cfg = trainer.config
-    os.makedirs(workdir, exist_ok=True)
-    rules = sharding.get_rules(cfg.mesh.rules)
-    mesh = sharding.make_mesh({a: cfg.mesh[a] for a in sharding.MESH_AXES})
-    sharding.check_batch(cfg.data.batch_size, mesh, rules)
-    state_sh, abstract = state_lib.state_shardings(
-        trainer.model, trainer.tx, mesh, rules, trainer.extra_shardings,
-        jax.eval_shape(lambda: trainer.extra) if trainer.extra is not None else None)
-    if jax.process_count() == 1 or "fsdp" in cfg.mesh.rules:
-        sharding.check_replication(state_sh.params, abstract.params, mesh, cfg.mesh.rules)
-
-    ckpt = RunCheckpoints(workdir, cfg, abstract, state_sh)
-    restored = ckpt.restore()
-    if restored is not None:
-        start, state, data_state = restored
-        if data_state:
-            trainer.train_iter.set_state(data_state)
-    else:
-        start = 0
-        params = trainer.init_params() if trainer.init_params else None
-        state, _ = state_lib.create(trainer.model, trainer.tx, mesh, rules, cfg.train.seed,
-                                    params=params, extra=trainer.extra,
-                                    extra_shardings=trainer.extra_shardings)
-    config_lib.dump(cfg, os.path.join(workdir, "config.json"))
-    if trainer.tokenizer is not None and hasattr(trainer.tokenizer, "model_proto"):
-        _write_atomic(os.path.join(workdir, "tokenizer.model"), trainer.tokenizer.model_proto)
-
-    batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
-    step_fn = jax.jit(trainer.step_fn, in_shardings=(state_sh, batch_sh, None),
-                      out_shardings=(state_sh, None), donate_argnums=(0,))
-    eval_fn = None
-    if trainer.eval_fn is not None:
-        eval_fn = jax.jit(trainer.eval_fn, in_shardings=(state_sh.params, batch_sh))
-    base_rng = jax.random.wrap_key_data(jax.device_get(state.rng))
-
-    total = cfg.train.steps
-    peak = metrics_lib.matmul_peak_flops() if cfg.train.measure_mfu else 0.0
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-    bar = metrics_lib.ProgressBar(total, initial=start)
-    last: dict = {}
-    pending: list = []
-    t0, tok0 = time.perf_counter(), 0
-    step = start
-
-    def save(step, force=False):
-        ckpt.save(step, state, trainer.train_iter.get_state(), force=force)
-
-    with _Preemption() as preempt, sharding.use_mesh(mesh, rules):
-        while step < total:
-            batch = _global_batch(next(trainer.train_iter), batch_sh)
-            state, m = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-            step += 1
-            pending.append(m)
-            tok0 += trainer.tokens_per_step
-            is_eval = eval_fn is not None and (step % cfg.train.eval_every == 0 or step == total)
-            if step % cfg.train.log_every == 0 or step == total or preempt.signal or is_eval:
-                rows = jax.device_get(pending)
-                pending = []
-                tps = tok0 / max(time.perf_counter() - t0, 1e-9)
-                evals = _evaluate(trainer, eval_fn, state.params, batch_sh, step,
-                                  workdir) if is_eval else {}
-                for i, row in enumerate(rows):
-                    s = step - len(rows) + i + 1
-                    out = {f"train/{k}": float(np.asarray(v)) for k, v in row.items()}
-                    if s == step:
-                        out["perf/tokens_per_s"] = tps
-                        if peak:
-                            out["perf/mfu"] = tps * trainer.flops_per_token / peak
-                        out.update(evals)
-                    writer.write(s, out)
-                    last = out
-                    if out["train/skipped"] and cfg.train.nan_policy == "stop":
-                        save(step, force=True)
-                        ckpt.wait()
-                        raise NonFiniteLoss(
-                            f"non-finite loss/gradient at step {s} (train/loss="
-                            f"{out['train/loss']}); the update was not applied and the state "
-                            f"was checkpointed. Lower optim.lr, enable optim.clip_norm, or set "
-                            f"train.nan_policy='skip' to skip such steps.")
-                bar.update(step, last.get("train/loss", float("nan")), tps,
-                           last.get("perf/mfu", 0.0))
-                t0, tok0 = time.perf_counter(), 0
-            if step % cfg.checkpoint.every == 0 or step == total:
-                save(step)
-            if preempt.signal:
-                save(step, force=True)
-                print(f"received signal {preempt.signal}: saved step {step}, exiting", flush=True)
-                break
-    ckpt.close()
-    writer.close()
-    bar.close()
-    if step == total:
-        metrics_lib.plot_loss_curve(workdir)
-    return last
+    """Train until ``train.steps``; returns the last logged metrics."""
+    r = Run(trainer, workdir)
+    try:
+        with _Preemption() as preempt, sharding.use_mesh(r.mesh, r.rules):
+            while r.step < r.total:
+                batch = r.global_batch(next(trainer.train_iter))
+                r.state, metrics = r.step_fn(r.state, batch, r.step_rng())
+                r.step += 1
+                r.record(metrics)
+                for hook in r.hooks:
+                    if hook.due(r.step, r.total):
+                        hook.fn(r)
+                if preempt.signal:
+                    r.flush()
+                    r.save(force=True)
+                    log.info("received signal %s: saved step %d, exiting", preempt.signal,
+                             r.step)
+                    break
+    finally:
+        r.close()
+    return r.last
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+class Run:
+    """A run's set-up and everything the loop and its hooks share."""
 
+    def __init__(self, trainer: Trainer, workdir: str):
+        cfg = self.cfg = trainer.config
+        self.trainer, self.workdir = trainer, workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.mesh, self.rules = sharding.mesh_from_config(cfg.mesh)
+        sharding.check_batch(cfg.data.batch_size, self.mesh, self.rules)
+        self.shardings, self.abstract = state_lib.state_shardings(trainer.models, self.mesh,
+                                                                  self.rules)
+        if jax.process_count() == 1 or "fsdp" in cfg.mesh.rules:
+            for name, sh in self.shardings.models.items():
+                sharding.check_replication(sh.params, self.abstract.models[name].params,
+                                           self.mesh, cfg.mesh.rules)
+        self.checkpoints = RunCheckpoints(workdir, cfg, self.abstract, self.shardings)
+        restored = self.checkpoints.restore()
+        if restored is not None:
+            self.step, self.state, data_state = restored
+            if data_state:
+                trainer.train_iter.set_state(data_state)
+        else:
+            self.step = 0
+            self.state = state_lib.create(trainer.models, self.mesh, self.rules, cfg.train.seed)
+        config_lib.dump(cfg, os.path.join(workdir, "config.json"))
+        proto = getattr(trainer.tokenizer, "model_proto", None)
+        if proto is not None:
+            atomic_write(os.path.join(workdir, "tokenizer.model"), proto)
 
-def _evaluate(trainer, eval_fn, params, batch_sh, step, workdir) -> dict:
-    """Run the eval pass; metrics are returned, array statistics appended to a jsonl."""
-    sums = None
-    for batch in trainer.eval_batches():
-        out = eval_fn(params, _global_batch(batch, batch_sh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    if sums is None:
-        return {}
-    metrics, artifacts = trainer.summarize_eval(jax.device_get(sums))
-    if artifacts:
-        with open(os.path.join(workdir, "eval_stats.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **artifacts}) + "\n")
-    return metrics
+        self.batch_shardings = {k: sharding.named_sharding(v, self.mesh, self.rules)
+                                for k, v in trainer.batch_axes.items()}
+        self.step_fn = jax.jit(trainer.step_fn,
+                               in_shardings=(self.shardings, self.batch_shardings, None),
+                               out_shardings=(self.shardings, None), donate_argnums=(0,))
+        self.eval_fn = None
+        if trainer.eval_fn is not None:
+            params_sh = {n: m.params for n, m in self.shardings.models.items()}
+            self.eval_fn = jax.jit(trainer.eval_fn,
+                                   in_shardings=(params_sh, self.batch_shardings))
+        self.base_rng = jax.random.wrap_key_data(jax.device_get(self.state.rng))
+        self.total = cfg.train.steps
+        self.peak_flops = metrics_lib.matmul_peak_flops() if cfg.train.measure_mfu else 0.0
+        self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self.step)
+        self.bar = metrics_lib.ProgressBar(self.total, initial=self.step)
+        self.last: dict = {}
+        self._pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet on host
+        self._rows: dict[int, dict] = {}             # host rows not yet written
+        self._clock, self._tokens, self._untimed = time.perf_counter(), 0, 0.0
+        self.hooks = build_hooks(self, trainer.hooks)
+
+    # ------------------------------------------------------------------ step inputs
+    def global_batch(self, batch: dict) -> dict:
+        """Process-local numpy rows -> global jax Arrays laid out on the mesh."""
+        return {k: jax.make_array_from_process_local_data(self.batch_shardings[k],
+                                                          np.asarray(v))
+                for k, v in batch.items()}
+
+    def step_rng(self) -> jax.Array:
+        """The key of the step about to run: fold_in(seed key, step), so resumes agree."""
+        return jax.random.fold_in(self.base_rng, self.step)
+
+    # ------------------------------------------------------------------ metrics
+    def record(self, metrics: dict) -> None:
+        """Train metrics of the step just taken (device arrays; fetched at the next flush)."""
+        self._pending.append((self.step, metrics))
+        self._tokens += self.trainer.tokens_per_step
+
+    def add_metrics(self, step: int, metrics: dict) -> None:
+        """Host scalars (e.g. ``eval/...``) written in the row of ``step``."""
+        self._rows.setdefault(step, {}).update(metrics)
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Time spent inside does not count against tokens/s (evaluation, generation)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._untimed += time.perf_counter() - start
+
+    def collect(self) -> None:
+        """Bring pending train metrics to the host and close the throughput window."""
+        if not self._pending:
+            return
+        values = jax.device_get([m for _, m in self._pending])
+        now = time.perf_counter()
+        tps = self._tokens / max(now - self._clock - self._untimed, 1e-9)
+        for (s, _), row in zip(self._pending, values):
+            self._rows.setdefault(s, {}).update(
+                {f"train/{k}": float(np.asarray(v)) for k, v in row.items()})
+        perf = {"perf/tokens_per_s": tps}
+        if self.peak_flops:
+            perf["perf/mfu"] = tps * self.trainer.flops_per_token / self.peak_flops
+        self._rows[self._pending[-1][0]].update(perf)
+        self._pending = []
+        self._clock, self._tokens, self._untimed = now, 0, 0.0
+
+    def flush(self) -> None:
+        """Write every collected row (metrics.jsonl, TensorBoard, progress bar)."""
+        self.collect()
+        for s in sorted(self._rows):
+            row = self._rows.pop(s)
+            self.writer.write(s, row)
+            self.last = row
+            self._check_finite(s, row)
+        self.bar.update(self.step, self.last.get("train/loss", float("nan")),
+                        self.last.get("perf/tokens_per_s"), self.last.get("perf/mfu"))
+
+    def _check_finite(self, step: int, row: dict) -> None:
+        if row.get("train/skipped") and self.cfg.train.nan_policy == "stop":
+            self.save(force=True)
+            self.checkpoints.wait()
+            raise NonFiniteLoss(
+                f"non-finite loss/gradient at step {step} (train/loss={row['train/loss']}); "
+                f"the update was not applied and the state was checkpointed. Lower optim.lr, "
+                f"enable optim.clip_norm, or set train.nan_policy='skip' to skip such steps.")
+
+    # ------------------------------------------------------------------ actions
+    def save(self, force: bool = False) -> None:
+        self.checkpoints.save(self.step, self.state, self.trainer.train_iter.get_state(),
+                              force=force)
+
+    def evaluate(self) -> dict:
+        """The eval pass over ``trainer.eval_batches()``: sums reduced on device, then
+        ``summarize_eval`` (array statistics are appended to eval_stats.jsonl)."""
+        params = {n: m.params for n, m in self.state.models.items()}
+        sums = None
+        for batch in self.trainer.eval_batches():
+            out = self.eval_fn(params, self.global_batch(batch))
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        if sums is None:
+            return {}
+        metrics, artifacts = self.trainer.summarize_eval(jax.device_get(sums))
+        if artifacts:
+            with open(os.path.join(self.workdir, "eval_stats.jsonl"), "a") as f:
+                f.write(json.dumps({"step": self.step, **artifacts}) + "\n")
+        return metrics
+
+    def close(self) -> None:
+        """Finish pending saves and close writers (also after an error: nothing is lost)."""
+        try:
+            self.checkpoints.close()
+        finally:
+            self.writer.close()
+            self.bar.close()

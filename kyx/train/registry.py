@@ -1,12 +1,33 @@
-"""Map `config.trainer` to the module whose `build(config)` returns a Trainer."""
+"""Map ``config.trainer`` to the module that builds it.
+
+A trainer module defines ``default_config()``, ``build_step(cfg) -> (models, step_fn)``
+(no data) and ``build(cfg) -> Trainer`` (kyx/train/base.py). Adding a trainer is a new
+module plus one ``register(name, module)`` line below (or in your own code).
+"""
 from __future__ import annotations
 
 import importlib
 
-from kyx.errors import ConfigError
+from kyx.registry import Registry
 
-TRAINERS = {"pretrain": "kyx.train.pretrain", "sft": "kyx.train.sft", "rm": "kyx.train.rm",
-            "dpo": "kyx.train.dpo"}
+TRAINERS = Registry("trainer")  # name -> loader of the trainer module
+
+
+def register(name: str, module: str) -> None:
+    """Make ``config.trainer = name`` build with the module at dotted path ``module``."""
+    if name in TRAINERS and TRAINERS.get(name).module == module:
+        return
+    TRAINERS.register(name, module=module)(lambda: importlib.import_module(module))
+
+
+register("pretrain", "kyx.train.pretrain")
+register("sft", "kyx.train.sft")
+register("rm", "kyx.train.rm")
+register("dpo", "kyx.train.dpo")
+
+
+def trainer_module(name: str):
+    return TRAINERS.get(name).fn()
 
 
 def build(cfg):
@@ -14,16 +35,11 @@ def build(cfg):
     tokenizer are adopted first (kyx.train.init_from.adopt_source)."""
     from kyx.train.init_from import adopt_source
 
-    name = cfg.trainer
-    if name not in TRAINERS:
-        raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
+    module = trainer_module(cfg.trainer)
     adopt_source(cfg)
-    return importlib.import_module(TRAINERS[name]).build(cfg)
+    return module.build(cfg)
 
 
 def build_step(cfg):
-    """(model, optimizer, step_fn) for `config.trainer`, without building data."""
-    name = cfg.trainer
-    if name not in TRAINERS:
-        raise ConfigError(f"unknown trainer {name!r}; available: {sorted(TRAINERS)}")
-    return importlib.import_module(TRAINERS[name]).build_step(cfg)
+    """(models, step_fn) for `config.trainer`, without building data."""
+    return trainer_module(cfg.trainer).build_step(cfg)

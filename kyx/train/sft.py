@@ -7,25 +7,26 @@ only. With ``loss.negative_feedback`` each step also takes ``batch_size`` packed
 the records' negative responses (run in the same forward) and penalises them by
 unlikelihood from their first divergence onward (kyx/objectives/sft.py, ALGORITHMS
 §11b); the positive rows are exactly those of plain SFT with the same seed, so the two
-compare cleanly. ``data.records.max_negatives`` caps the negatives used per record. Evaluation always includes every negative, so plain SFT and
-SFT with negative feedback report the same metrics: ``eval/loss`` (positive response
-CE), ``eval/neg_logp`` (mean log-prob of negative tokens; ``eval/neg{k}_logp`` per
-negative slot), ``eval/neg_prob`` (their mean probability) and ``eval/neg_unlikelihood``.
+compare cleanly. ``data.records.max_negatives`` caps the negatives used per record.
+Evaluation always includes every negative, so plain SFT and SFT with negative feedback
+report the same metrics: ``eval/loss`` (positive response CE), ``eval/neg_logp`` (mean
+log-prob of negative tokens; ``eval/neg{k}_logp`` per negative slot), ``eval/neg_prob``
+(their mean probability) and ``eval/neg_unlikelihood``.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
+from kyx.data import pipeline
 from kyx.data import preference as data_pref
 from kyx.model.config import ModelConfig
-from kyx.model.flops import train_flops_per_token
 from kyx.model.transformer import Decoder
 from kyx.objectives import sft as sft_obj
-from kyx.train import optim, posttrain
+from kyx.train import posttrain
+from kyx.train.base import Trainer, make_trainer, single_model_step
+from kyx.train.forward import forward_with_aux
 from kyx.train.init_from import params_loader
-from kyx.train.loop import Trainer
-from kyx.train.step import make_train_step
 
 
 def default_config():
@@ -37,34 +38,34 @@ def default_config():
 POS = ("tokens", "segment_ids", "positions", "targets")
 
 
-def _logps(model, params, batch, with_negatives: bool, rngs=None):
+def _logps(model, params, batch, with_negatives: bool, rng=None, probes=None):
     """Token log-probs of the positive rows (and of the negative rows, in one forward)."""
     get = lambda k: (jnp.concatenate([batch[k], batch["neg_" + k]], axis=0)  # noqa: E731
                      if with_negatives else batch[k])
     tokens, segs, pos, targets = (get(k) for k in POS)
-    logits_btv, aux = model.apply({"params": params}, tokens, segs, pos, rngs=rngs or {})
-    logp_bt = sft_obj.token_logps(logits_btv, targets)
+    fwd = forward_with_aux(model, params, {"tokens": tokens, "segment_ids": segs,
+                                           "positions": pos}, rng, probes)
+    logp_bt = sft_obj.token_logps(fwd.out, targets)
     b = batch["tokens"].shape[0]
-    return logp_bt[:b], (logp_bt[b:] if with_negatives else None), aux
+    return logp_bt[:b], (logp_bt[b:] if with_negatives else None), fwd
 
 
 def make_loss_fn(model, loss_cfg):
     nf = bool(loss_cfg.negative_feedback)
     weight = float(loss_cfg.neg_weight) if nf else 0.0
 
-    def loss_fn(params, batch, rng):
-        logp_bt, neg_bt, aux = _logps(model, params, batch, nf,
-                                      posttrain.model_rngs(model.cfg, rng))
+    def loss_fn(params, batch, ctx):
+        logp_bt, neg_bt, fwd = _logps(model, params, batch, nf, ctx.rng, ctx.probes)
         loss, metrics = sft_obj.sft_loss(logp_bt, batch["loss_mask"], neg_bt,
                                          batch["neg_mask"] if nf else None, weight)
-        loss = loss + aux["moe_loss"]
-        return loss, {**metrics, "loss": loss, "moe_loss": aux["moe_loss"]}
+        loss = loss + fwd.aux_loss
+        return loss, {**metrics, **fwd.metrics, "loss": loss}
     return loss_fn
 
 
 def eval_fn_for(model):
     def eval_fn(params, batch):
-        logp_bt, neg_bt, _ = _logps(model, params, batch, True)
+        logp_bt, neg_bt, _ = _logps(model, params["policy"], batch, True)
         pos, neg = batch["loss_mask"], batch["neg_mask"]
         by_k = [neg * (batch["neg_index"] == k) for k in range(1, data_pref.MAX_NEGATIVES + 1)]
         return {"pos_nll": jnp.sum(-logp_bt * pos), "pos_tokens": jnp.sum(pos),
@@ -92,27 +93,23 @@ def summarize_eval(sums):
 
 def build_step(cfg):
     model = Decoder(ModelConfig.from_config(cfg.model))
-    tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
-    step_fn = make_train_step(make_loss_fn(model, cfg.loss), tx, schedule, cfg.optim.grad_accum)
-    return model, tx, step_fn
+    return single_model_step(cfg, model, make_loss_fn(model, cfg.loss),
+                             init=params_loader(cfg, model))
 
 
 def build(cfg) -> Trainer:
+    models, step_fn = build_step(cfg)  # config errors before any data work
     records, tokenizer, template = posttrain.prepare(cfg, "sft")
-    model, tx, step_fn = build_step(cfg)
-    split = posttrain.process_split()
+    split = pipeline.process_split()
     train_iter = data_pref.make_sft_iterator(
         cfg.data, records, template, "train", negatives=bool(cfg.loss.negative_feedback),
         **split)
-    eval_kwargs = {}
+    evals = {}
     if len(records.source("validation")):
-        eval_kwargs = dict(
-            eval_fn=eval_fn_for(model), summarize_eval=summarize_eval,
+        evals = dict(
+            eval_fn=eval_fn_for(models["policy"].module), summarize_eval=summarize_eval,
             eval_batches=lambda: data_pref.make_sft_iterator(
                 cfg.data, records, template, "validation", negatives=True, max_negatives=0,
                 **split))
-    return Trainer(
-        config=cfg, model=model, tx=tx, step_fn=step_fn, train_iter=train_iter,
-        batch_axes=data_pref.SFT_AXES, tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
-        flops_per_token=train_flops_per_token(model.cfg, cfg.data.seq_len),
-        tokenizer=tokenizer, init_params=params_loader(cfg, model), **eval_kwargs)
+    return make_trainer(cfg, models, step_fn, train_iter=train_iter,
+                        batch_axes=data_pref.SFT_AXES, tokenizer=tokenizer, **evals)

@@ -1,7 +1,15 @@
-"""TrainState pytree and its placement on the mesh."""
+"""The train state: a tree of named models, each with params and (if trained) optimizer state.
+
+A trainer declares its models as ``{name: ModelSpec}`` (e.g. ``policy``; DPO adds a frozen
+``ref``; PPO will add ``value`` and ``reward``). ``TrainState`` holds one ``ModelState``
+per name; everything (step, every model, the RNG key) is checkpointed and restored
+together, placed with the shardings its module's logical axes give under the rule preset.
+Optimizer moments are sharded like their params.
+"""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
@@ -14,60 +22,117 @@ from kyx import sharding
 from kyx.model.params import param_shardings
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One model of a trainer: its flax module, optimizer (None: frozen) and initial params.
+
+    ``init`` is a zero-argument function returning params (e.g. loaded by ``init_from``);
+    None means a seeded fresh init (``train.seed``). Models may share one ``init``: each
+    gets its own on-device copy (the state is donated to the step).
+    """
+    module: nn.Module
+    tx: optax.GradientTransformation | None = None
+    init: Callable[[], Any] | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.tx is not None
+
+
+@flax.struct.dataclass
+class ModelState:
+    params: Any
+    opt_state: Any = None       # None for a frozen model
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array          # raw uint32 key data (checkpoint friendly)
-    extra: Any = None       # trainer-specific state (e.g. a frozen reference model)
+    models: dict                # name -> ModelState
+    rng: jax.Array              # raw uint32 key data (checkpoint friendly)
+
+    def params(self, name: str):
+        return self.models[name].params
 
 
-def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules,
-                    extra_shardings=None, abstract_extra=None):
-    """(shardings, abstract state): optimizer moments are sharded like their params."""
-    p_shard, p_abstract = param_shardings(model, mesh, rules)
-    opt_abstract = jax.eval_shape(tx.init, p_abstract)
+Specs = Mapping[str, ModelSpec]
+
+
+def state_shardings(specs: Specs, mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+    """(shardings, abstract state) of the TrainState for ``specs`` on ``mesh``."""
     replicated = NamedSharding(mesh, P())
-    opt_shard = optax.tree_map_params(
-        tx, lambda _, s: s, opt_abstract, p_shard,
-        transform_non_params=lambda _: replicated)
-    # tree_map_params mirrors params into moments; scalars (counts) stay replicated
-    opt_shard = jax.tree.map(
-        lambda a, s: s if isinstance(s, NamedSharding) else replicated, opt_abstract, opt_shard,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
-    rng_abstract = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    shard = TrainState(step=replicated, params=p_shard, opt_state=opt_shard, rng=replicated,
-                       extra=extra_shardings)
-    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=p_abstract,
-                          opt_state=opt_abstract, rng=rng_abstract, extra=abstract_extra)
+    shard_models, abstract_models = {}, {}
+    for name, spec in specs.items():
+        p_shard, p_abstract = param_shardings(spec.module, mesh, rules)
+        opt_shard = opt_abstract = None
+        if spec.trainable:
+            opt_abstract = jax.eval_shape(spec.tx.init, p_abstract)
+            opt_shard = _opt_shardings(spec.tx, opt_abstract, p_shard, replicated)
+        shard_models[name] = ModelState(p_shard, opt_shard)
+        abstract_models[name] = ModelState(p_abstract, opt_abstract)
+    shard = TrainState(step=replicated, models=shard_models, rng=replicated)
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), models=abstract_models,
+                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
     return shard, abstract
 
 
-def with_shardings(abstract, shardings):
-    """ShapeDtypeStructs carrying shardings, as targets for restoring checkpoints."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
+def _opt_shardings(tx, opt_abstract, p_shard, replicated):
+    """Moments mirror their params' shardings; scalars (counts) stay replicated."""
+    opt_shard = optax.tree_map_params(tx, lambda _, s: s, opt_abstract, p_shard,
+                                      transform_non_params=lambda _: replicated)
+    return jax.tree.map(
+        lambda a, s: s if isinstance(s, NamedSharding) else replicated, opt_abstract, opt_shard,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
-def create(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh, rules,
-           seed: int, params=None, extra=None, extra_shardings=None) -> tuple[TrainState, Any]:
-    """Initialise (or adopt `params`) and place the full state with its shardings."""
-    shard, _ = state_shardings(model, tx, mesh, rules, extra_shardings)
+def init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(key of the first model's fresh init, key of the step RNG stream) for ``seed``."""
     init_key, step_key = jax.random.split(jax.random.key(seed))
+    return init_key, step_key
 
-    def init(key):
-        p = nn.unbox(model.init(key, jnp.zeros((1, 8), jnp.int32))["params"])
-        return p
 
+def model_init_key(seed: int, index: int) -> jax.Array:
+    """Fresh-init key of the ``index``-th model of a trainer (0: the first model)."""
+    init_key, _ = init_keys(seed)
+    return init_key if index == 0 else jax.random.fold_in(init_key, index)
+
+
+def create(specs: Specs, mesh: Mesh, rules, seed: int) -> TrainState:
+    """Initialise every model (its ``init`` or a seeded fresh init) and its optimizer
+    state, placed with their shardings."""
+    shard, _ = state_shardings(specs, mesh, rules)
+    _, step_key = init_keys(seed)
+    placed: set[int] = set()
+    models = {}
     with sharding.use_mesh(mesh, rules):
-        if params is None:
-            params = jax.jit(init, out_shardings=shard.params)(init_key)
-        else:
-            params = jax.device_put(params, shard.params)
-        opt_state = jax.jit(tx.init, out_shardings=shard.opt_state)(params)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shard.step), params=params,
-                       opt_state=opt_state,
-                       rng=jax.device_put(jax.random.key_data(step_key), shard.rng),
-                       extra=extra)
-    return state, shard
+        for index, (name, spec) in enumerate(specs.items()):
+            p_shard = shard.models[name].params
+            if spec.init is None:
+                init = jax.jit(lambda k, m=spec.module: nn.unbox(
+                    m.init(k, jnp.zeros((1, 8), jnp.int32))["params"]), out_shardings=p_shard)
+                params = init(model_init_key(seed, index))
+            else:
+                params = _place(spec.init(), p_shard, placed)
+            placed.update(id(x) for x in jax.tree.leaves(params))
+            opt_state = None
+            if spec.trainable:
+                opt_state = jax.jit(spec.tx.init, out_shardings=shard.models[name].opt_state)(
+                    params)
+            models[name] = ModelState(params, opt_state)
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shard.step), models=models,
+                      rng=jax.device_put(jax.random.key_data(step_key), shard.rng))
+
+
+def _place(params, shardings, placed: set[int]):
+    """``params`` on ``shardings``; a fresh copy when another model already holds these
+    buffers (the donated state must not alias itself)."""
+    if not any(id(x) in placed for x in jax.tree.leaves(params)):
+        return jax.device_put(params, shardings)
+    return jax.jit(lambda p: jax.tree.map(lambda x: x + 0, p), out_shardings=shardings)(params)
+
+
+def trainable(state_or_specs) -> list[str]:
+    """Names of the trainable models of a TrainState (opt_state set) or of specs."""
+    items = state_or_specs.models if isinstance(state_or_specs, TrainState) else state_or_specs
+    return [n for n, m in items.items()
+            if (m.trainable if isinstance(m, ModelSpec) else m.opt_state is not None)]

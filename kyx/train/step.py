@@ -1,12 +1,12 @@
-"""The generic optimizer step: gradient accumulation, NaN/Inf guard, clipping, update.
+"""Optimizer-step building blocks: gradients (with accumulation and MoE probes), a guarded
+update of one model, and the single-model step most trainers use.
 
-`make_train_step(loss_fn, tx, ...)` turns a pure ``loss_fn(params, batch, rng) ->
-(loss, metrics)`` into a pure ``step(state, batch, rng) -> (state, metrics)`` that every
-trainer shares. With ``uses_extra=True`` the loss is ``loss_fn(params, batch, rng, extra)``
-and receives ``state.extra`` (e.g. DPO's frozen reference; never differentiated).
-A non-finite loss or gradient leaves params and optimizer state unchanged (the step
-counter still advances, so data order and schedule stay aligned) and reports
-``skipped = 1``; the loop decides whether that stops the run.
+A step is pure: ``step(state, batch, rng) -> (state, metrics)`` on the whole TrainState.
+``make_train_step`` differentiates one model's ``loss_fn(params, batch, ctx)``; a trainer
+with several models or several updates per step (PPO: epochs x minibatches) composes
+``compute_grads`` and ``apply_update`` itself, inside one jit, e.g. in a ``lax.scan``.
+A non-finite loss or gradient leaves that model's params and optimizer state unchanged
+and reports ``skipped = 1``; the loop decides whether that stops the run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kyx.train.state import TrainState
+from kyx.model.moe import zero_probes
+from kyx.objectives import moe as moe_objectives
+from kyx.train.forward import LossContext
+from kyx.train.state import ModelState, TrainState
+
+LossFn = Callable  # (params, batch, ctx: LossContext) -> (loss, metrics)
 
 
 def split_microbatches(batch, n: int):
@@ -29,46 +34,79 @@ def split_microbatches(batch, n: int):
     return jax.tree.map(one, batch)
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
+def make_grad_fn(module, loss_fn: LossFn):
+    """``grad_fn(params, batch, rng, others) -> ((loss, metrics), grads)``.
+
+    For an MoE module with the routing-error loss on, the gradient is also taken with
+    respect to the zero probes, whose cotangent is the flagged-pair counts
+    (``moe/layer{i}/flagged_frac`` in the metrics)."""
+    probes = zero_probes(module)
+    layer_ids = tuple(getattr(module.cfg, "moe_layer_ids", ()))
+
+    def grad_fn(params, batch, rng, others):
+        if not probes:
+            return jax.value_and_grad(
+                lambda p: loss_fn(p, batch, LossContext(rng, None, others)), has_aux=True)(params)
+        (loss, metrics), (grads, probe_grads) = jax.value_and_grad(
+            lambda p, pr: loss_fn(p, batch, LossContext(rng, pr, others)), argnums=(0, 1),
+            has_aux=True)(params, probes)
+        return (loss, {**metrics, **moe_objectives.flagged_metrics(probe_grads, layer_ids)}), grads
+    return grad_fn
+
+
+def compute_grads(grad_fn, params, batch, rng, others, grad_accum: int = 1):
+    """((loss, metrics), grads), averaged over ``grad_accum`` micro-batches (micro-batch i
+    uses ``fold_in(rng, i)``)."""
+    if grad_accum == 1:
+        return grad_fn(params, batch, rng, others)
+    micro = split_microbatches(batch, grad_accum)
+
+    def body(carry, xs):
+        mb, i = xs
+        (l, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i), others)
+        return jax.tree.map(jnp.add, carry, (l, m, g)), None
+
+    shapes = jax.eval_shape(
+        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, others))
+    zeros = jax.tree.map(jnp.zeros_like, (shapes[0][0], shapes[0][1], shapes[1]))
+    (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
+    loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
+    return (loss, metrics), grads
+
+
+def apply_update(model: ModelState, grads, loss, tx: optax.GradientTransformation
+                 ) -> tuple[ModelState, dict]:
+    """One optimizer update; skipped (state unchanged) when the loss or gradient is not
+    finite. Returns (new model state, {"grad_norm", "skipped"})."""
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, model.opt_state, model.params)
+    new_params = optax.apply_updates(model.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new = ModelState(keep(new_params, model.params), keep(new_opt, model.opt_state))
+    return new, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
+
+
+def frozen_params(state: TrainState, trained: str) -> dict:
+    """Params of every model but ``trained``, with gradients stopped."""
+    return {n: jax.lax.stop_gradient(m.params) for n, m in state.models.items() if n != trained}
+
+
+def make_train_step(module, loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule | None = None, grad_accum: int = 1,
-                    grad_fn: Callable | None = None, uses_extra: bool = False):
-    """`grad_fn(params, batch, rng) -> ((loss, metrics), grads)` replaces the default
-    value_and_grad of `loss_fn` (e.g. to also differentiate MoE routing probes).
-    `uses_extra`: `loss_fn(params, batch, rng, extra)` gets `state.extra` (not differentiated)."""
-    base_grad_fn = grad_fn or jax.value_and_grad(loss_fn, has_aux=True)
+                    name: str = "policy"):
+    """``step(state, batch, rng)``: one update of model ``name`` on ``loss_fn``; the other
+    models' params reach the loss as ``ctx.models``."""
+    grad_fn = make_grad_fn(module, loss_fn)
 
     def step(state: TrainState, batch, rng):
-        grad_fn = base_grad_fn
-        if uses_extra:
-            extra = jax.lax.stop_gradient(state.extra)
-            grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, extra), has_aux=True)
-        if grad_accum == 1:
-            (loss, metrics), grads = grad_fn(state.params, batch, rng)
-        else:
-            micro = split_microbatches(batch, grad_accum)
-
-            def body(carry, xs):
-                mb, i = xs
-                (l, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                acc = jax.tree.map(jnp.add, carry, (l, m, g))
-                return acc, None
-
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng)))
-            zeros = (zeros[0][0], zeros[0][1], zeros[1])
-            (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
-            loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                                  opt_state=keep(new_opt, state.opt_state))
-        out = {**metrics, "loss": loss, "grad_norm": grad_norm,
-               "skipped": (~finite).astype(jnp.float32)}
+        model = state.models[name]
+        (loss, metrics), grads = compute_grads(grad_fn, model.params, batch, rng,
+                                               frozen_params(state, name), grad_accum)
+        new_model, update_metrics = apply_update(model, grads, loss, tx)
+        out = {**metrics, "loss": loss, **update_metrics}
         if schedule is not None:
             out["lr"] = schedule(state.step)
-        return new_state, out
-
+        return state.replace(step=state.step + 1,
+                             models={**state.models, name: new_model}), out
     return step

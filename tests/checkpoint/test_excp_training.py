@@ -7,7 +7,7 @@ import pytest
 
 import kyx
 from kyx import config as config_lib
-from kyx.checkpoint import excp_cli
+from kyx.commands import excp as excp_cli
 from kyx.checkpoint.excp import ExcpChain
 from kyx.cli import main as cli_main
 from kyx.metrics import read_metrics

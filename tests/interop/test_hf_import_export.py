@@ -13,7 +13,8 @@ import kyx
 from kyx.cli import main as cli_main
 from kyx.data.tokenizer import train_sentencepiece
 from kyx.errors import CheckpointError, ConfigError
-from kyx.interop import convert, hf, hf_layouts
+from kyx.commands import convert
+from kyx.interop import hf, hf_layouts
 from kyx.model.decode import generate
 
 VOCAB = 512

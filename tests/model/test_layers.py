@@ -56,9 +56,10 @@ def test_alibi_attention_matches_hand_computation():
     x = np.random.default_rng(1).normal(size=(1, t, d)).astype(np.float32)
     slopes = [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]
     ref = _reference_attention(x[0], p, lambda hh, i, j: -slopes[hh] * (i - j))
-    out, _ = Attention(h, k, hd, position="alibi").apply(
+    out, cache, probs = Attention(h, k, hd, position="alibi").apply(
         {"params": p}, jnp.asarray(x), jnp.ones((1, t), jnp.int32),
         jnp.arange(t)[None])
+    assert cache is None and probs is None  # always (out, cache, probs)
     np.testing.assert_allclose(np.asarray(out)[0], ref, atol=1e-5, rtol=1e-5)
 
 
@@ -83,8 +84,8 @@ def test_rope_attention_is_relative():
     x = jnp.asarray(np.random.default_rng(4).normal(size=(1, t, d)).astype(np.float32))
     attn = Attention(h, h, hd)
     seg = jnp.ones((1, t), jnp.int32)
-    a, _ = attn.apply({"params": p}, x, seg, jnp.arange(t)[None])
-    b, _ = attn.apply({"params": p}, x, seg, jnp.arange(t)[None] + 11)
+    a, _, _ = attn.apply({"params": p}, x, seg, jnp.arange(t)[None])
+    b, _, _ = attn.apply({"params": p}, x, seg, jnp.arange(t)[None] + 11)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 

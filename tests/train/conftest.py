@@ -1,6 +1,10 @@
 """Post-training test fixtures: small overrides, one shared tiny pretraining run, and a
 helper that runs a trainer's step function on a given mesh (for 8-vs-1-device checks)."""
+import dataclasses
 import os
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -8,7 +12,6 @@ import pytest
 
 from kyx import config as config_lib
 from kyx import sharding
-from kyx.model.params import init_params, param_shardings
 from kyx.train import loop, pretrain
 from kyx.train import state as state_lib
 
@@ -54,24 +57,16 @@ def _host(tree):
 def run_steps(trainer, mesh, preset, batches, seed=0):
     """Apply `trainer.step_fn` to numpy `batches` on `mesh`, as the loop does.
 
-    Starts from `trainer.init_params()` (else a seeded init); a DPO frozen reference is
-    a copy of the initial params. Returns (per-step metrics, final params) on the host.
+    The state is created from `trainer.models` on `mesh`: each model's `init` (brought to
+    the host first, e.g. DPO's frozen reference is a copy of the initial policy), else a
+    seeded init. Returns (per-step metrics, final params of the trained model) on the host.
     """
     rules = sharding.get_rules(preset)
-    model, tx = trainer.model, trainer.tx
-    p_sh, _ = param_shardings(model, mesh, rules)
-    if trainer.init_params is not None:
-        host = _host(trainer.init_params())
-    else:
-        host = _host(init_params(model, jax.random.key(seed), mesh, rules))
-    extra = extra_sh = None
-    if trainer.extra is not None:
-        extra_sh = {"ref": p_sh}
-        extra = {"ref": jax.device_put(host, p_sh)}
-    state_sh, _ = state_lib.state_shardings(model, tx, mesh, rules, extra_sh,
-                                            jax.eval_shape(lambda: extra) if extra else None)
-    state, _ = state_lib.create(model, tx, mesh, rules, seed, params=host, extra=extra,
-                                extra_shardings=extra_sh)
+    models = {n: dataclasses.replace(s, init=(lambda s=s: _host(s.init())) if s.init else None)
+              for n, s in trainer.models.items()}
+    trained = state_lib.trainable(models)[0]
+    state_sh, _ = state_lib.state_shardings(models, mesh, rules)
+    state = state_lib.create(models, mesh, rules, seed)
     batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
     step = jax.jit(trainer.step_fn, in_shardings=(state_sh, batch_sh, None),
                    out_shardings=(state_sh, None))
@@ -81,7 +76,7 @@ def run_steps(trainer, mesh, preset, batches, seed=0):
             dev = {k: jax.device_put(v, batch_sh[k]) for k, v in b.items()}
             state, m = step(state, dev, jax.random.fold_in(jax.random.key(seed), i))
             metrics.append(_host(m))
-    return metrics, _host(state.params)
+    return metrics, _host(state.params(trained))
 
 
 def assert_same_run(a, b, tol=1e-4):
@@ -125,3 +120,43 @@ def eight_vs_one():
             assert_same_run(ran1, ran8[preset])
         return ran1, ran8
     return compare
+
+
+def _losses(workdir):
+    from kyx.metrics import read_metrics
+    return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.fixture
+def train_process():
+    """train_process(config_name, workdir, overrides) -> Popen of `python -m kyx train
+    --config configs/<config_name>.py:tiny` in a fresh process (one CPU device)."""
+    def start(name, workdir, overrides):
+        args = [sys.executable, "-m", "kyx", "train", "--config", config_path(name) + ":tiny",
+                "--workdir", str(workdir)] + [f"--config.{o}" for o in overrides]
+        env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, text=True)
+    return start
+
+
+@pytest.fixture
+def wait_for_step():
+    """wait_for_step(workdir, step, proc): block until metrics.jsonl has `step`."""
+    def wait(workdir, step, proc, timeout=240):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
+            if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+                if max(_losses(workdir), default=0) >= step:
+                    return
+            time.sleep(0.2)
+        raise AssertionError("timed out")
+    return wait
+
+
+@pytest.fixture
+def losses():
+    """losses(workdir) -> {step: train/loss} from metrics.jsonl."""
+    return _losses

@@ -3,9 +3,11 @@
 import math
 import os
 
+import jax.numpy as jnp
 import pytest
 
 from kyx.metrics import read_metrics
+from kyx.objectives import preference as pref
 from kyx.train import loop, registry
 
 
@@ -24,7 +26,7 @@ def test_dpo_log2_and_reference_paths_agree(post_overrides, pretrained, post_con
     frozen = base + ["reference=frozen", "checkpoint.every=3"]
     loop.run(registry.build(post_config("dpo", frozen + ["train.steps=3"])),
              str(tmp_path / "frozen"))
-    # resume restores the frozen reference from the checkpoint (TrainState.extra)
+    # resume restores the frozen reference from the checkpoint (TrainState.models['ref'])
     loop.run(registry.build(post_config("dpo", frozen + ["train.steps=6"])),
              str(tmp_path / "frozen"))
     a, b = _losses(tmp_path / "pre"), _losses(tmp_path / "frozen")
@@ -41,7 +43,7 @@ def test_dpo_eight_devices_equal_one(post_overrides, pretrained, post_config, ei
         f"init_from={pretrained}", "loss.nll_coef=0.2", "loss.mask_format_tokens=true",
         "optim.lr=1e-3"])
     trainer = registry.build(cfg)
-    assert trainer.extra is not None  # frozen reference in the train state
+    assert trainer.models["ref"].tx is None  # frozen reference in the train state
     batches = [next(trainer.train_iter) for _ in range(2)]
     (m1, _), _ = eight_vs_one(trainer, batches)
     assert abs(m1[0]["loss"] - math.log(2.0) - 0.2 * m1[0]["nll_chosen"]) < 1e-5
@@ -65,7 +67,7 @@ def test_objectives_on_real_batches(name, extra, post_overrides, pretrained, pos
     cfg = post_config("dpo", post_overrides + [f"init_from={pretrained}", f"loss.name={name}",
                                                "optim.lr=1e-3"] + extra)
     trainer = registry.build(cfg)
-    assert (trainer.extra is None) == (name in ("simpo", "orpo"))
+    assert ("ref" not in trainer.models) == (name in ("simpo", "orpo"))
     metrics, _ = steps_on_mesh(trainer, [next(trainer.train_iter) for _ in range(2)])
     assert all(math.isfinite(m["loss"]) for m in metrics)
     if name in AT_REFERENCE:
@@ -96,3 +98,69 @@ def test_presets_load_and_bad_configs_fail_clearly(name):
             load_records(cfg.data, "sft")
         else:
             registry.build_step(cfg)
+
+
+@pytest.mark.parametrize("extra", [
+    ["model.attn_reuse_prob=0.5"],
+    ["model.moe_num_experts=4", "model.moe_top_k=2", "model.moe_router_jitter=0.2",
+     "model.attn_reuse_prob=0.5"]], ids=["attn_reuse", "moe_jitter_reuse"])
+def test_dpo_starts_at_log2_with_training_randomness(extra, post_overrides, post_config,
+                                                     steps_on_mesh):
+    """The frozen reference runs with the policy's RNG streams: at step 0 both forwards
+    take the same reuse / jitter draws, so Δ = 0 and DPO = log 2 (plus the MoE aux loss,
+    whose per-layer metrics DPO now reports like pretraining)."""
+    cfg = post_config("dpo", post_overrides + extra + ["optim.lr=1e-3"])
+    trainer = registry.build(cfg)
+    metrics, _ = steps_on_mesh(trainer, [next(trainer.train_iter)])
+    m = metrics[0]
+    assert abs(m["rewards/margin"]) < 1e-5 and abs(m["rewards/chosen"]) < 1e-5
+    assert abs(m["loss"] - m.get("moe/loss", 0.0) - math.log(2.0)) < 1e-5
+    if "model.moe_num_experts=4" in extra:
+        assert {"moe/layer0/load_max", "moe/layer1/router_entropy", "moe/loss"} <= set(m)
+
+
+def test_new_preference_loss_is_one_registration(post_overrides, pretrained, post_config,
+                                                 steps_on_mesh, monkeypatch):
+    """docs/architecture.md, "How to add a loss": a function and its registry line; the
+    DPO trainer reads its metadata (records, needs_reference) and its config defaults."""
+    monkeypatch.setattr(pref.PREFERENCE_LOSSES, "_entries",
+                        dict(pref.PREFERENCE_LOSSES._entries))
+
+    @pref.PREFERENCE_LOSSES.register("slic", defaults={"slic_delta": 1.0})
+    def slic(cfg, pol, ref, batch):
+        """SLiC-HF calibration loss max(0, δ − βΔ)."""
+        z = cfg.beta * ((pol["chosen"] - ref["chosen"]) - (pol["rejected"] - ref["rejected"]))
+        loss = pref._mean(jnp.maximum(0.0, cfg.slic_delta - z), batch["weight"])
+        return loss, {"loss": loss}
+
+    cfg = post_config("dpo", post_overrides + [f"init_from={pretrained}", "loss.name=slic",
+                                               "loss.slic_delta=0.5", "optim.lr=1e-3"])
+    trainer = registry.build(cfg)
+    assert "ref" in trainer.models
+    metrics, _ = steps_on_mesh(trainer, [next(trainer.train_iter) for _ in range(2)])
+    assert abs(metrics[0]["loss"] - 0.5) < 1e-5  # Δ = 0 at the reference
+    assert metrics[0]["grad_norm"] > 0  # the hinge is active at Δ = 0
+
+
+@pytest.mark.slow
+def test_dpo_sigkill_resume_is_bit_exact(post_overrides, pretrained, tmp_path, train_process,
+                                         wait_for_step, losses):
+    """A post-training run with a frozen reference in its state: kill -9 after step 6
+    (checkpoint 4 committed), resume, and the per-step losses equal an uninterrupted run."""
+    import signal
+
+    args = post_overrides + [f"init_from={pretrained}", "train.steps=8", "checkpoint.every=4",
+                             "train.eval_every=100", "optim.lr=1e-3"]
+    ref = train_process("dpo", tmp_path / "ref", args)
+    assert ref.wait() == 0, ref.stdout.read()
+    proc = train_process("dpo", tmp_path / "killed", args)
+    wait_for_step(tmp_path / "killed", 6, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train_process("dpo", tmp_path / "killed", args)
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert "resumed from" in out
+    got = losses(tmp_path / "killed")
+    assert sorted(got) == list(range(1, 9))
+    assert got == losses(tmp_path / "ref")

@@ -2,9 +2,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -30,37 +27,18 @@ def _losses(workdir):
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
-def _cli(workdir, overrides, steps):
-    args = [sys.executable, "-m", "kyx", "train", "--config", PRETRAIN + ":tiny",
-            "--workdir", str(workdir), f"--config.train.steps={steps}"]
-    args += [f"--config.{o}" for o in overrides]
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            text=True)
-
-
-def _wait_for_step(workdir, step, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early:\n{proc.stdout.read()}")
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-            if max(_losses(workdir), default=0) >= step:
-                return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
-
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp_path):
+def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp_path,
+                                                             train_process, wait_for_step):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    ref = _cli(ref_dir, fast_overrides, 14)
+    args = fast_overrides + ["train.steps=14"]
+    ref = train_process("pretrain", ref_dir, args)
     assert ref.wait() == 0, ref.stdout.read()
-    proc = _cli(killed_dir, fast_overrides, 14)
-    _wait_for_step(killed_dir, 10, proc)  # checkpoint 8 is committed (sync saves)
+    proc = train_process("pretrain", killed_dir, args)
+    wait_for_step(killed_dir, 10, proc)  # checkpoint 8 is committed (sync saves)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = _cli(killed_dir, fast_overrides, 14)
+    resumed = train_process("pretrain", killed_dir, args)
     out, _ = resumed.communicate()
     assert resumed.returncode == 0, out
     assert "resumed from" in out
@@ -70,9 +48,9 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits(fast_overrides, tmp_path):
-    proc = _cli(tmp_path, fast_overrides, 100000)
-    _wait_for_step(tmp_path, 3, proc)
+def test_sigterm_saves_and_exits(fast_overrides, tmp_path, train_process, wait_for_step):
+    proc = train_process("pretrain", tmp_path, fast_overrides + ["train.steps=100000"])
+    wait_for_step(tmp_path, 3, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

@@ -15,7 +15,7 @@ def test_rm_from_pretrained(post_overrides, pretrained, post_config, tmp_path):
     cfg = post_config("rm", post_overrides + [f"init_from={pretrained}", "loss.margin=small",
                                               "train.steps=4", "train.eval_every=4"])
     trainer = registry.build(cfg)
-    start = trainer.init_params()
+    start = trainer.models["reward"].init()
     src = kyx.load(pretrained).params
     for a, b in zip(jax.tree.leaves(src), jax.tree.leaves(start["backbone"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -61,3 +61,15 @@ def test_sft_reads_jsonl_and_reports_malformed(post_overrides, post_config, tmp_
     batch = next(trainer.train_iter)
     assert set(batch) == set(trainer.batch_axes)
     assert batch["loss_mask"].sum() > 0 and batch["neg_mask"].sum() > 0
+
+
+def test_sft_with_moe_reports_per_layer_moe_metrics(post_overrides, post_config, steps_on_mesh):
+    """The shared forward gives SFT the MoE aux loss and the per-layer metrics (incl. the
+    routing-error flagged fraction) that pretraining logs."""
+    cfg = post_config("sft", post_overrides + [
+        "model.moe_num_experts=4", "model.moe_top_k=2", "model.moe_route_error_weight=0.01"])
+    trainer = registry.build(cfg)
+    metrics, _ = steps_on_mesh(trainer, [next(trainer.train_iter)])
+    m = metrics[0]
+    assert {"moe/loss", "moe/layer0/load_max", "moe/layer1/flagged_frac"} <= set(m)
+    assert abs(m["loss"] - m["ce"] - m["moe/loss"]) < 1e-5

@@ -13,23 +13,24 @@ import os
 import shutil
 
 import jax
+import orbax.checkpoint as ocp
 
-from kyx import config as config_lib
+from kyx import sharding
 from kyx.checkpoint import excp_archive
+from kyx.checkpoint import workdir as workdir_lib
 from kyx.checkpoint.excp import ExcpChain
 from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import CheckpointError
+from kyx.train import registry
+from kyx.train import state as state_lib
 
 
 def _abstract_state(workdir: str):
-    from kyx.train import registry
-    from kyx.train import state as state_lib
-    from kyx import sharding
-
-    cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
-    model, tx, _ = registry.build_step(cfg)
-    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    _, abstract = state_lib.state_shardings(model, tx, mesh, sharding.get_rules("dp"))
+    """(resolved config, abstract TrainState) of a workdir's trainer."""
+    cfg = workdir_lib.read_config(workdir)
+    models, _ = registry.build_step(cfg)
+    _, abstract = state_lib.state_shardings(models, sharding.single_device_mesh(),
+                                            sharding.get_rules("dp"))
     return cfg, abstract
 
 
@@ -43,15 +44,11 @@ def compress(workdir: str) -> list[dict]:
     for step in ckpt.steps():
         if step <= newest:
             continue
-        data = ckpt.manager.restore(step, args=_data_args())["data"]
+        data = ckpt.manager.restore(step, args=ocp.args.Composite(
+            data=ocp.args.JsonRestore()))["data"]
         state = excp_archive.read_state_numpy(ckpt.step_dir(step), abstract)
         out.append(excp_archive.append_state(chain, state, data))
     return out
-
-
-def _data_args():
-    import orbax.checkpoint as ocp
-    return ocp.args.Composite(data=ocp.args.JsonRestore())
 
 
 def restore(workdir: str, step: int, out_dir: str) -> str:
@@ -60,6 +57,7 @@ def restore(workdir: str, step: int, out_dir: str) -> str:
     if step not in chain.steps():
         raise CheckpointError(f"no ExCP step {step} in {chain.root}; available: {chain.steps()}")
     state, data_state = excp_archive.state_from_chain(chain, step, abstract)
+    state = excp_archive.frozen_from_full(os.path.join(workdir, "checkpoints"), state, abstract)
     os.makedirs(out_dir, exist_ok=True)
     for name in ("config.json", "tokenizer.model"):
         if os.path.exists(os.path.join(workdir, name)):

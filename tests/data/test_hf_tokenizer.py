@@ -3,7 +3,7 @@ import json
 
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 
-from kyx.interop.hf_tokenizer import JsonTokenizer, load_tokenizer
+from kyx.data.hf_tokenizer import JsonTokenizer, load_tokenizer
 
 
 def test_tokenizer_json_round_trip_and_special_ids(tmp_path):
