@@ -20,8 +20,10 @@ LAYERS = {
     "kyx.data": {"kyx.config"},
     "kyx.checkpoint": {"kyx.config", "kyx.sharding", "kyx.model"},
     "kyx.interop": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint"},
+    "kyx.rewards": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint",
+                    "kyx.interop"},
     "kyx.train": {"kyx.config", "kyx.sharding", "kyx.metrics", "kyx.objectives", "kyx.model",
-                  "kyx.data", "kyx.checkpoint", "kyx.interop"},
+                  "kyx.data", "kyx.checkpoint", "kyx.interop", "kyx.rewards"},
     "kyx.api": {"kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint", "kyx.interop",
                 "kyx.train"},
 }

@@ -77,3 +77,14 @@ def test_per_position_loss_sums_and_counts():
     sums, counts = lm.per_position_loss(LOGITS, TARGETS, mask, positions, max_len=4)
     np.testing.assert_allclose(np.asarray(sums), [ce[0, 0] + ce[0, 2], ce[0, 1], 0, 0], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(counts), [2, 1, 0, 0])
+
+
+def test_mile_is_finite_with_masked_logits():
+    """A -inf logit (a masked vocabulary entry) has p = 0: MiLe's entropy must not be
+    0 * -inf = NaN."""
+    logits = np.array(LOGITS, np.float32)
+    logits[0, 1:, 0] = -np.inf  # not a target there
+    loss, metrics = lm.mile_loss(jnp.asarray(logits), TARGETS, MASK, gamma=1.0)
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics["mile/entropy"]))
+    g = jax.grad(lambda z: lm.mile_loss(z, TARGETS, MASK, gamma=1.0)[0])(jnp.asarray(logits))
+    assert np.all(np.isfinite(np.asarray(g)))

@@ -1,6 +1,7 @@
 """Preference and SFT losses against values computed here, independently, in plain math."""
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -133,21 +134,52 @@ def test_bradley_terry_with_llama2_margins(table):
 
 def test_unlikelihood_and_sft_loss():
     logp = np.log(np.asarray([[0.5, 0.9, 0.1, 0.999999]], np.float32))
-    neg_logp = np.log(np.asarray([[0.2, 0.3, 0.7, 0.4]], np.float32))
+    neg_p = np.asarray([[0.2, 0.3, 0.7, 0.4]], np.float32)
+    neg_logp, neg_log1m = np.log(neg_p), np.log1p(-neg_p)
     pos = np.asarray([[1, 1, 0, 0]], np.float32)
     neg = np.asarray([[0, 1, 1, 0]], np.float32)
     ce = -(math.log(0.5) + math.log(0.9)) / 2
     ul = -(math.log(1 - 0.3) + math.log(1 - 0.7)) / 2
-    loss, m = sft.sft_loss(arr(logp), arr(pos), arr(neg_logp), arr(neg), neg_weight=0.5)
+    loss, m = sft.sft_loss(arr(logp), arr(pos), arr(neg_logp), arr(neg), neg_weight=0.5,
+                           neg_log1m_p_bt=arr(neg_log1m))
     close(m["ce"], ce)
     close(m["neg_unlikelihood"], ul)
     close(loss, ce + 0.5 * ul)
     close(m["neg_logp"], (math.log(0.3) + math.log(0.7)) / 2)
-    plain, _ = sft.sft_loss(arr(logp), arr(pos), arr(neg_logp), arr(neg), neg_weight=0.0)
+    plain, _ = sft.sft_loss(arr(logp), arr(pos), arr(neg_logp), arr(neg), neg_weight=0.0,
+                            neg_log1m_p_bt=arr(neg_log1m))
     close(plain, ce)
     alone, m = sft.sft_loss(arr(logp), arr(pos))
     close(alone, ce)
     assert "neg_logp" not in m
+
+
+def test_token_log1m_p_is_exact_for_confident_tokens():
+    """The repeated, very confident token negative feedback targets: target logit 18 above
+    12 others. −log(1 − p) = 18 − log 12 + log(1 + 12 e^-18) and its gradient in the target
+    logit is p (≈ 1), where a clamp of log p would give 13.8 and 0."""
+    logits = np.zeros((1, 1, 13), np.float32)
+    logits[0, 0, 3] = 18.0
+    tgt = jnp.asarray([[3]])
+
+    def ul(z):
+        return -sft.token_logps_and_log1m_ps(z, tgt)[1].sum()
+    p = 1.0 / (1.0 + 12.0 * math.exp(-18.0))
+    close(ul(jnp.asarray(logits)), 18.0 - math.log(12.0) + math.log1p(12.0 * math.exp(-18.0)))
+    grad = np.asarray(jax.grad(ul)(jnp.asarray(logits)))
+    np.testing.assert_allclose(grad[0, 0, 3], p, rtol=1e-6)
+    np.testing.assert_allclose(grad[0, 0].sum(), 0.0, atol=1e-6)
+    logp, _ = sft.token_logps_and_log1m_ps(jnp.asarray(logits), tgt)
+    close(logp[0, 0], -math.log1p(12.0 * math.exp(-18.0)))  # not rounded to 0
+    assert float(logp[0, 0]) < 0
+
+
+def test_orpo_keeps_a_gradient_near_certain_responses():
+    """ORPO's log odds at mean log-prob −1e-7 (P(y) ≈ 1): finite, with a gradient."""
+    mean_c = jnp.asarray([-1e-7])
+    lo = lambda x: (x - sft.log1m_exp(x))[0]  # noqa: E731
+    close(lo(mean_c), -1e-7 - math.log(-math.expm1(-1e-7)))
+    assert abs(float(jax.grad(lo)(mean_c)[0])) > 1e6
 
 
 def test_log1m_exp_is_finite_near_zero_and_accurate():

@@ -28,9 +28,9 @@ from kyx.train import state as state_lib
 def _abstract_state(workdir: str):
     """(resolved config, abstract TrainState) of a workdir's trainer."""
     cfg = workdir_lib.read_config(workdir)
-    models, _ = registry.build_step(cfg)
-    _, abstract = state_lib.state_shardings(models, sharding.single_device_mesh(),
-                                            sharding.get_rules("dp"))
+    step = registry.build_step(cfg)
+    _, abstract = state_lib.state_shardings(step.models, sharding.single_device_mesh(),
+                                            sharding.get_rules("dp"), step.stats)
     return cfg, abstract
 
 

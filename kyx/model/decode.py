@@ -52,15 +52,26 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, multiple: int
     return tokens, np.asarray([len(p) for p in prompts], np.int32)
 
 
+def sampling_logps(logits_bv: jax.Array, tokens_b: jax.Array, temperature: float) -> jax.Array:
+    """log softmax(logits / T)[token]: the policy's log-prob of a sampled token at sampling
+    temperature T (top-k / top-p truncation is a sampling device, not part of the policy;
+    T = 0, greedy, counts as 1)."""
+    scaled = logits_bv.astype(jnp.float32) / (temperature or 1.0)
+    logp_bv = jax.nn.log_softmax(scaled, axis=-1)
+    return jnp.take_along_axis(logp_bv, tokens_b[:, None], axis=-1)[:, 0]
+
+
 @functools.partial(jax.jit, static_argnames=(
-    "model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "return_logits"))
+    "model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_id", "return_logits",
+    "return_logprobs"))
 def generate_padded(model: Decoder, params, tokens_bp: jax.Array, lengths_b: jax.Array,
                     rng: jax.Array, *, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-                    return_logits: bool = False):
+                    return_logits: bool = False, return_logprobs: bool = False):
     """Generate from right-padded prompts. Returns dict with `tokens` [B, N] (padded with
     `eos_id` or 0 after stopping), `lengths` [B] (tokens before EOS) and optionally
-    `logits` [B, N, V] (the distribution each generated token was drawn from)."""
+    `logits` [B, N, V] (the distribution each generated token was drawn from) and
+    `logprobs` [B, N] (``sampling_logps`` of each generated token, 0 after stopping)."""
     b, p = tokens_bp.shape
     cfg = model.cfg
     cache = init_cache(cfg, b, p + max_new_tokens)
@@ -73,39 +84,47 @@ def generate_padded(model: Decoder, params, tokens_bp: jax.Array, lengths_b: jax
     out_bn = jnp.full((b, max_new_tokens), fill, jnp.int32)
     out_logits = (jnp.zeros((b, max_new_tokens, cfg.vocab_size), jnp.float32)
                   if return_logits else None)
+    out_logp = jnp.zeros((b, max_new_tokens), jnp.float32) if return_logprobs else None
 
-    def pick(i, logits_bv, rng, done_b, out_bn, out_logits):
+    def pick(i, logits_bv, rng, done_b, out_bn, recorded):
+        out_logits, out_logp = recorded
         tok_b = sample_logits(logits_bv, jax.random.fold_in(rng, i), temperature, top_k, top_p)
         tok_b = jnp.where(done_b, fill, tok_b)
         out_bn = out_bn.at[:, i].set(tok_b)
         if out_logits is not None:
             out_logits = out_logits.at[:, i].set(logits_bv.astype(jnp.float32))
+        if out_logp is not None:
+            logp_b = sampling_logps(logits_bv, tok_b, temperature)
+            out_logp = out_logp.at[:, i].set(jnp.where(done_b, 0.0, logp_b))
         finished = (tok_b == eos_id) if eos_id is not None else jnp.zeros_like(done_b)
-        return tok_b, done_b | finished, out_bn, out_logits
+        return tok_b, done_b | finished, out_bn, (out_logits, out_logp)
 
     done_b = jnp.zeros((b,), bool)
     lengths_out = jnp.zeros((b,), jnp.int32)
-    tok_b, new_done, out_bn, out_logits = pick(0, last_bv, rng, done_b, out_bn, out_logits)
+    tok_b, new_done, out_bn, recorded = pick(0, last_bv, rng, done_b, out_bn,
+                                             (out_logits, out_logp))
     lengths_out = lengths_out + (~new_done).astype(jnp.int32)
-    state = (1, aux["cache"], tok_b, lengths_b, new_done, out_bn, out_logits, lengths_out)
+    state = (1, aux["cache"], tok_b, lengths_b, new_done, out_bn, recorded, lengths_out)
 
     def cond(state):
         i, _, _, _, done_b, *_ = state
         return (i < max_new_tokens) & ~jnp.all(done_b)
 
     def body(state):
-        i, cache, tok_b, pos_b, done_b, out_bn, out_logits, lengths_out = state
+        i, cache, tok_b, pos_b, done_b, out_bn, recorded, lengths_out = state
         logits_b1v, aux = model.apply({"params": params}, tok_b[:, None],
                                       jnp.ones((b, 1), jnp.int32), pos_b[:, None], cache=cache)
-        tok_b, new_done, out_bn, out_logits = pick(i, logits_b1v[:, 0], rng, done_b, out_bn,
-                                                   out_logits)
+        tok_b, new_done, out_bn, recorded = pick(i, logits_b1v[:, 0], rng, done_b, out_bn,
+                                                 recorded)
         lengths_out = lengths_out + (~new_done).astype(jnp.int32)
-        return (i + 1, aux["cache"], tok_b, pos_b + 1, new_done, out_bn, out_logits, lengths_out)
+        return (i + 1, aux["cache"], tok_b, pos_b + 1, new_done, out_bn, recorded, lengths_out)
 
     state = jax.lax.while_loop(cond, body, state)
     result = {"tokens": state[5], "lengths": state[7]}
     if return_logits:
-        result["logits"] = state[6]
+        result["logits"] = state[6][0]
+    if return_logprobs:
+        result["logprobs"] = state[6][1]
     return result
 
 

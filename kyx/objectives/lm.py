@@ -59,7 +59,8 @@ def entropy(logits_btv):
     """Predictive entropy H = logsumexp(z) - sum p z (no second V-sized log)."""
     z = logits_btv.astype(jnp.float32)
     p = jax.nn.softmax(z, axis=-1)
-    return jax.nn.logsumexp(z, axis=-1) - jnp.sum(p * z, axis=-1)
+    # 0 * -inf is NaN: a masked (-inf) logit has p = 0 and contributes nothing
+    return jax.nn.logsumexp(z, axis=-1) - jnp.sum(jnp.where(p > 0, p * z, 0.0), axis=-1)
 
 
 def mile_loss(logits_btv, targets_bt, mask_bt, gamma: float = 1.0, sigma: float = 1.0):

@@ -6,8 +6,11 @@ public KwaiYii method exists): for negative responses y⁻,
     L = CE(y⁺) + λ_neg · mean over negative tokens of [ −log(1 − p_θ(y⁻_t | x, y⁻_<t)) ]
 
 where the negative tokens start at the first divergence from y⁺ and exclude formatting
-tokens (the data pipeline builds that mask, kyx/data/preference.py). log(1 − p) is
-computed as log1m_exp(log p) with log p clamped below 0.
+tokens (the data pipeline builds that mask, kyx/data/preference.py). Both log p and
+log(1 − p) come from the logits exactly: with L = logsumexp over the other tokens,
+log p = −softplus(L − z_t) and log(1 − p) = −softplus(z_t − L), so a very confident
+token (p ≈ 1, exactly the repetition negative feedback exists for) keeps its gradient
+d[−log(1 − p)]/dz_t = p instead of being clamped to zero.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-LOG_P_MAX = -1e-6  # clamp for log(1 - p): p = 1 would give -inf
+LOG_P_MAX = -1e-30  # log1m_exp's clamp: log p = 0 exactly would give -inf (margins > ~69)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -25,15 +28,32 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
-def token_logps(logits_btv, targets_bt):
-    """log p(target) per token, float32."""
+def _other_logsumexp(logits_btv, targets_bt):
+    """(target logit z_t, logsumexp over every other vocabulary entry), float32."""
     logits = logits_btv.astype(jnp.float32)
-    target_bt = jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
-    return target_bt - jax.nn.logsumexp(logits, axis=-1)
+    z_bt = jnp.take_along_axis(logits, targets_bt[..., None], axis=-1)[..., 0]
+    hit = jax.nn.one_hot(targets_bt, logits.shape[-1], dtype=bool)
+    return z_bt, jax.nn.logsumexp(jnp.where(hit, -jnp.inf, logits), axis=-1)
+
+
+def token_logps(logits_btv, targets_bt):
+    """log p(target) per token, float32; accurate for p close to 1 (see module docstring)."""
+    z_bt, other_bt = _other_logsumexp(logits_btv, targets_bt)
+    return -jax.nn.softplus(other_bt - z_bt)
+
+
+def token_logps_and_log1m_ps(logits_btv, targets_bt):
+    """(log p, log(1 − p)) of the target per token, float32, both with exact gradients
+    even when p ≈ 1 (one pass over the vocabulary)."""
+    z_bt, other_bt = _other_logsumexp(logits_btv, targets_bt)
+    return -jax.nn.softplus(other_bt - z_bt), -jax.nn.softplus(z_bt - other_bt)
 
 
 def log1m_exp(logp):
-    """log(1 − exp(logp)) for logp < 0, accurate near 0 and for very negative logp."""
+    """log(1 − exp(logp)) for logp < 0, accurate near 0 and for very negative logp.
+
+    For a *token* probability use ``token_logps_and_log1m_ps`` (exact from the logits); this is for
+    quantities that only exist as log-probabilities (ORPO's length-normalised P(y))."""
     x = jnp.minimum(logp, LOG_P_MAX)
     return jnp.where(x > -0.6931471805599453, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
@@ -47,24 +67,27 @@ def masked_cross_entropy(logp_bt, mask_bt):
     return _masked_mean(-logp_bt, mask_bt.astype(jnp.float32))
 
 
-def unlikelihood(logp_bt, neg_mask_bt):
-    """Mean −log(1 − p) over negative tokens."""
-    return _masked_mean(-log1m_exp(logp_bt), neg_mask_bt.astype(jnp.float32))
+def unlikelihood(log1m_p_bt, neg_mask_bt):
+    """Mean −log(1 − p) over negative tokens, from log(1 − p) (token_logps_and_log1m_ps)."""
+    return _masked_mean(-log1m_p_bt, neg_mask_bt.astype(jnp.float32))
 
 
 def sft_loss(logp_bt, loss_mask_bt, neg_logp_bt=None, neg_mask_bt=None,
-             neg_weight: float = 0.0):
+             neg_weight: float = 0.0, neg_log1m_p_bt=None):
     """(loss, metrics): CE on positive responses, plus λ_neg · unlikelihood on negatives.
 
-    ``neg_logp_bt`` / ``neg_mask_bt``: token log-probs and mask of the negative sequences
-    (given, the negatives' mean token log-prob is reported even with ``neg_weight`` 0).
+    ``neg_logp_bt`` / ``neg_log1m_p_bt`` / ``neg_mask_bt``: token log p and log(1 − p)
+    and the mask of the negative sequences (given, the negatives' mean token log-prob is
+    reported even with ``neg_weight`` 0).
     """
     ce = masked_cross_entropy(logp_bt, loss_mask_bt)
     loss = ce
     metrics = {"ce": ce, "num_tokens": jnp.sum(loss_mask_bt.astype(jnp.float32))}
     if neg_mask_bt is not None:
         neg = neg_mask_bt.astype(jnp.float32)
-        ul = unlikelihood(neg_logp_bt, neg)
+        if neg_log1m_p_bt is None:
+            raise ValueError("negatives need their log(1 - p) (token_logps_and_log1m_ps)")
+        ul = unlikelihood(neg_log1m_p_bt, neg)
         if neg_weight:
             loss = loss + neg_weight * ul
         metrics.update({"neg_unlikelihood": ul, "neg_logp": _masked_mean(neg_logp_bt, neg),

@@ -101,7 +101,7 @@ def summarize_eval(sums):
 
 
 def build_step(cfg):
-    """(models, step_fn) from a config, without touching data."""
+    """The StepSpec from a config, without touching data."""
     model = Decoder(ModelConfig.from_config(cfg.model))
     frozen = uses_frozen_reference(cfg)
     init = posttrain.initial_params_loader(cfg, model)
@@ -112,10 +112,10 @@ def build_step(cfg):
 
 def build(cfg) -> Trainer:
     entry = objective(cfg)
-    models, step_fn = build_step(cfg)
+    step = build_step(cfg)
     records, tokenizer, template = posttrain.prepare(cfg, entry.records)
-    policy = models["policy"]
-    frozen = "ref" in models
+    policy = step.models["policy"]
+    frozen = "ref" in step.models
     if entry.needs_reference and not frozen and _stochastic(policy.module.cfg):
         log.warning("reference=precomputed: the reference log-probs are computed without "
                     "the training-time randomness (attention reuse / router jitter) that the "
@@ -140,7 +140,7 @@ def build(cfg) -> Trainer:
         evals = dict(eval_fn=make_eval_fn(policy.module, cfg), summarize_eval=summarize_eval,
                      eval_batches=lambda: pairs("validation", val_table))
     return make_trainer(
-        cfg, models, step_fn, train_iter=pairs("train", train_table),
+        cfg, step, train_iter=pairs("train", train_table),
         batch_axes=data_pref.pair_axes(entry.records, entry.needs_reference),
         sequences_per_row=len(data_pref.SEQUENCES[entry.records]),
         flops_factor=4 / 3 if frozen else 1.0, tokenizer=tokenizer, **evals)

@@ -43,17 +43,23 @@ class Hook:
 DEFAULT_HOOKS = Registry("hook")
 
 
+def eval_hook(evaluate: Callable[[Run], dict], every: int, name: str = "eval") -> Hook:
+    """A hook writing ``evaluate(run)``'s metrics in the current step's row as they happen
+    (the throughput window closes before, and evaluation time is not counted in it)."""
+    def run_eval(run: Run) -> None:
+        run.collect()
+        with run.untimed():
+            run.add_metrics(run.step, evaluate(run))
+        run.flush()
+    return Hook(name, run_eval, every=every, order=EVAL)
+
+
 @DEFAULT_HOOKS.register("eval")
-def eval_hook(run: Run) -> Hook | None:
+def default_eval_hook(run: Run) -> Hook | None:
+    """The trainer's eval_fn over its eval batches (``Run.evaluate``)."""
     if run.eval_fn is None:
         return None
-
-    def evaluate(run: Run) -> None:
-        run.collect()                      # throughput of the window, before eval
-        with run.untimed():
-            run.add_metrics(run.step, run.evaluate())
-        run.flush()                        # eval results are written as they happen
-    return Hook("eval", evaluate, every=run.cfg.train.eval_every, order=EVAL)
+    return eval_hook(lambda r: r.evaluate(), run.cfg.train.eval_every)
 
 
 @DEFAULT_HOOKS.register("log")

@@ -31,6 +31,7 @@ from kyx.train.checkpointing import RunCheckpoints
 from kyx.train.hooks import build_hooks
 
 log = get_logger(__name__)
+ROLLOUT_STREAM = 0x524F4C4C  # fold_in index of a step's rollout key ("ROLL")
 
 
 class NonFiniteLoss(KyxError, RuntimeError):
@@ -66,7 +67,7 @@ def run(trainer: Trainer, workdir: str) -> dict:
     try:
         with _Preemption() as preempt, sharding.use_mesh(r.mesh, r.rules):
             while r.step < r.total:
-                batch = r.global_batch(next(trainer.train_iter))
+                batch = r.next_batch()
                 r.state, metrics = r.step_fn(r.state, batch, r.step_rng())
                 r.step += 1
                 r.record(metrics)
@@ -92,9 +93,9 @@ class Run:
         self.trainer, self.workdir = trainer, workdir
         os.makedirs(workdir, exist_ok=True)
         self.mesh, self.rules = sharding.mesh_from_config(cfg.mesh)
-        sharding.check_batch(cfg.data.batch_size, self.mesh, self.rules)
-        self.shardings, self.abstract = state_lib.state_shardings(trainer.models, self.mesh,
-                                                                  self.rules)
+        sharding.check_batch(trainer.batch_rows or cfg.data.batch_size, self.mesh, self.rules)
+        self.shardings, self.abstract = state_lib.state_shardings(
+            trainer.models, self.mesh, self.rules, trainer.stats)
         if jax.process_count() == 1 or "fsdp" in cfg.mesh.rules:
             for name, sh in self.shardings.models.items():
                 sharding.check_replication(sh.params, self.abstract.models[name].params,
@@ -107,14 +108,16 @@ class Run:
                 trainer.train_iter.set_state(data_state)
         else:
             self.step = 0
-            self.state = state_lib.create(trainer.models, self.mesh, self.rules, cfg.train.seed)
+            self.state = state_lib.create(trainer.models, self.mesh, self.rules, cfg.train.seed,
+                                          trainer.stats)
         config_lib.dump(cfg, os.path.join(workdir, "config.json"))
         proto = getattr(trainer.tokenizer, "model_proto", None)
         if proto is not None:
             atomic_write(os.path.join(workdir, "tokenizer.model"), proto)
 
-        self.batch_shardings = {k: sharding.named_sharding(v, self.mesh, self.rules)
-                                for k, v in trainer.batch_axes.items()}
+        self.batch_shardings = self.shardings_of(trainer.batch_axes)
+        self.rollout_shardings = (self.shardings_of(trainer.rollout_axes)
+                                  if trainer.rollout is not None else None)
         self.step_fn = jax.jit(trainer.step_fn,
                                in_shardings=(self.shardings, self.batch_shardings, None),
                                out_shardings=(self.shardings, None), donate_argnums=(0,))
@@ -135,11 +138,25 @@ class Run:
         self.hooks = build_hooks(self, trainer.hooks)
 
     # ------------------------------------------------------------------ step inputs
-    def global_batch(self, batch: dict) -> dict:
+    def shardings_of(self, axes: dict) -> dict:
+        return {k: sharding.named_sharding(v, self.mesh, self.rules) for k, v in axes.items()}
+
+    def global_batch(self, batch: dict, shardings: dict | None = None) -> dict:
         """Process-local numpy rows -> global jax Arrays laid out on the mesh."""
-        return {k: jax.make_array_from_process_local_data(self.batch_shardings[k],
-                                                          np.asarray(v))
+        shardings = shardings or self.batch_shardings
+        return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
                 for k, v in batch.items()}
+
+    def next_batch(self) -> dict:
+        """The step's batch: the iterator's next one on the mesh or, for a trainer with a
+        rollout (RL), the experience it makes from the iterator's prompts with the current
+        state and key ``fold_in(step key, ROLLOUT_STREAM)``."""
+        raw = next(self.trainer.train_iter)
+        if self.trainer.rollout is None:
+            return self.global_batch(raw)
+        prompts = self.global_batch(raw, self.rollout_shardings)
+        return self.trainer.rollout(self.state, prompts,
+                                    jax.random.fold_in(self.step_rng(), ROLLOUT_STREAM))
 
     def step_rng(self) -> jax.Array:
         """The key of the step about to run: fold_in(seed key, step), so resumes agree."""

@@ -76,7 +76,7 @@ def summarize_eval(sums):
 
 
 def build_step(cfg):
-    """(models, step_fn) from a config, without touching data."""
+    """The StepSpec from a config, without touching data."""
     lm.check_config(cfg.loss)
     model = Decoder(ModelConfig.from_config(cfg.model))
     return single_model_step(cfg, model, make_loss_fn(model, cfg.loss),
@@ -84,7 +84,7 @@ def build_step(cfg):
 
 
 def build(cfg) -> Trainer:
-    models, step_fn = build_step(cfg)  # config errors before any data work
+    step = build_step(cfg)  # config errors before any data work
     corpus, tokenizer = pipeline.prepare(cfg.data)
     if cfg.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the "
@@ -92,8 +92,8 @@ def build(cfg) -> Trainer:
     split = pipeline.process_split()
     train_iter = pipeline.make_iterator(cfg.data, corpus, tokenizer, "train", **split)
     return make_trainer(
-        cfg, models, step_fn, train_iter=train_iter, batch_axes=BATCH_AXES,
-        eval_fn=make_eval_fn(models["policy"].module, cfg.data.seq_len),
+        cfg, step, train_iter=train_iter, batch_axes=BATCH_AXES,
+        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len),
         eval_batches=lambda: pipeline.make_iterator(cfg.data, corpus, tokenizer, "validation",
                                                     **split),
         summarize_eval=summarize_eval, tokenizer=tokenizer)

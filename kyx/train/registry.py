@@ -1,6 +1,6 @@
 """Map ``config.trainer`` to the module that builds it.
 
-A trainer module defines ``default_config()``, ``build_step(cfg) -> (models, step_fn)``
+A trainer module defines ``default_config()``, ``build_step(cfg) -> StepSpec``
 (no data) and ``build(cfg) -> Trainer`` (kyx/train/base.py). Adding a trainer is a new
 module plus one ``register(name, module)`` line below (or in your own code).
 """
@@ -24,6 +24,7 @@ register("pretrain", "kyx.train.pretrain")
 register("sft", "kyx.train.sft")
 register("rm", "kyx.train.rm")
 register("dpo", "kyx.train.dpo")
+register("ppo", "kyx.train.ppo")
 
 
 def trainer_module(name: str):
@@ -41,5 +42,5 @@ def build(cfg):
 
 
 def build_step(cfg):
-    """(models, step_fn) for `config.trainer`, without building data."""
+    """The StepSpec (models, step function, stats) for `config.trainer`, without data."""
     return trainer_module(cfg.trainer).build_step(cfg)

@@ -106,16 +106,17 @@ def build_step(cfg):
 
 
 def build(cfg) -> Trainer:
-    models, step_fn = build_step(cfg)  # config errors before any data work
+    step = build_step(cfg)  # config errors before any data work
     records, tokenizer, template = posttrain.prepare(cfg, "preference")
     split = pipeline.process_split()
     train_iter = data_pref.make_pair_iterator(cfg.data, records, template, "train", **split)
     evals = {}
     if len(records.source("validation")):
         evals = dict(
-            eval_fn=make_eval_fn(models[NAME].module, cfg.loss), summarize_eval=summarize_eval,
+            eval_fn=make_eval_fn(step.models[NAME].module, cfg.loss),
+            summarize_eval=summarize_eval,
             eval_batches=lambda: data_pref.make_pair_iterator(
                 cfg.data, records, template, "validation", **split))
-    return make_trainer(cfg, models, step_fn, train_iter=train_iter,
+    return make_trainer(cfg, step, train_iter=train_iter,
                         batch_axes=data_pref.pair_axes("preference", with_ref=False),
                         sequences_per_row=2, tokenizer=tokenizer, **evals)

@@ -39,15 +39,18 @@ POS = ("tokens", "segment_ids", "positions", "targets")
 
 
 def _logps(model, params, batch, with_negatives: bool, rng=None, probes=None):
-    """Token log-probs of the positive rows (and of the negative rows, in one forward)."""
+    """Token log p of the positive rows and (log p, log(1 − p)) of the negative rows, in
+    one forward."""
     get = lambda k: (jnp.concatenate([batch[k], batch["neg_" + k]], axis=0)  # noqa: E731
                      if with_negatives else batch[k])
     tokens, segs, pos, targets = (get(k) for k in POS)
     fwd = forward_with_aux(model, params, {"tokens": tokens, "segment_ids": segs,
                                            "positions": pos}, rng, probes)
-    logp_bt = sft_obj.token_logps(fwd.out, targets)
     b = batch["tokens"].shape[0]
-    return logp_bt[:b], (logp_bt[b:] if with_negatives else None), fwd
+    if not with_negatives:
+        return sft_obj.token_logps(fwd.out, targets), None, None, fwd
+    logp_bt, log1m_bt = sft_obj.token_logps_and_log1m_ps(fwd.out, targets)
+    return logp_bt[:b], logp_bt[b:], log1m_bt[b:], fwd
 
 
 def make_loss_fn(model, loss_cfg):
@@ -55,9 +58,11 @@ def make_loss_fn(model, loss_cfg):
     weight = float(loss_cfg.neg_weight) if nf else 0.0
 
     def loss_fn(params, batch, ctx):
-        logp_bt, neg_bt, fwd = _logps(model, params, batch, nf, ctx.rng, ctx.probes)
+        logp_bt, neg_bt, neg_log1m_bt, fwd = _logps(model, params, batch, nf, ctx.rng,
+                                                    ctx.probes)
         loss, metrics = sft_obj.sft_loss(logp_bt, batch["loss_mask"], neg_bt,
-                                         batch["neg_mask"] if nf else None, weight)
+                                         batch["neg_mask"] if nf else None, weight,
+                                         neg_log1m_bt)
         loss = loss + fwd.aux_loss
         return loss, {**metrics, **fwd.metrics, "loss": loss}
     return loss_fn
@@ -65,12 +70,12 @@ def make_loss_fn(model, loss_cfg):
 
 def eval_fn_for(model):
     def eval_fn(params, batch):
-        logp_bt, neg_bt, _ = _logps(model, params["policy"], batch, True)
+        logp_bt, neg_bt, neg_log1m_bt, _ = _logps(model, params["policy"], batch, True)
         pos, neg = batch["loss_mask"], batch["neg_mask"]
         by_k = [neg * (batch["neg_index"] == k) for k in range(1, data_pref.MAX_NEGATIVES + 1)]
         return {"pos_nll": jnp.sum(-logp_bt * pos), "pos_tokens": jnp.sum(pos),
                 "neg_logp": jnp.sum(neg_bt * neg), "neg_tokens": jnp.sum(neg),
-                "neg_ul": jnp.sum(-sft_obj.log1m_exp(neg_bt) * neg),
+                "neg_ul": jnp.sum(-neg_log1m_bt * neg),
                 "neg_p": jnp.sum(jnp.exp(neg_bt) * neg),
                 "neg_logp_k": jnp.stack([jnp.sum(neg_bt * m) for m in by_k]),
                 "neg_tokens_k": jnp.stack([jnp.sum(m) for m in by_k])}
@@ -98,7 +103,7 @@ def build_step(cfg):
 
 
 def build(cfg) -> Trainer:
-    models, step_fn = build_step(cfg)  # config errors before any data work
+    step = build_step(cfg)  # config errors before any data work
     records, tokenizer, template = posttrain.prepare(cfg, "sft")
     split = pipeline.process_split()
     train_iter = data_pref.make_sft_iterator(
@@ -107,9 +112,9 @@ def build(cfg) -> Trainer:
     evals = {}
     if len(records.source("validation")):
         evals = dict(
-            eval_fn=eval_fn_for(models["policy"].module), summarize_eval=summarize_eval,
+            eval_fn=eval_fn_for(step.models["policy"].module), summarize_eval=summarize_eval,
             eval_batches=lambda: data_pref.make_sft_iterator(
                 cfg.data, records, template, "validation", negatives=True, max_negatives=0,
                 **split))
-    return make_trainer(cfg, models, step_fn, train_iter=train_iter,
+    return make_trainer(cfg, step, train_iter=train_iter,
                         batch_axes=data_pref.SFT_AXES, tokenizer=tokenizer, **evals)

@@ -1,10 +1,12 @@
 """The train state: a tree of named models, each with params and (if trained) optimizer state.
 
 A trainer declares its models as ``{name: ModelSpec}`` (e.g. ``policy``; DPO adds a frozen
-``ref``; PPO will add ``value`` and ``reward``). ``TrainState`` holds one ``ModelState``
-per name; everything (step, every model, the RNG key) is checkpointed and restored
-together, placed with the shardings its module's logical axes give under the rule preset.
-Optimizer moments are sharded like their params.
+``ref``; PPO adds a ``value`` critic). ``TrainState`` holds one ``ModelState`` per name
+and ``stats``, small running statistics a step carries forward (PPO's adaptive KL
+coefficient, reward mean / variance); everything (step, every model, stats, the RNG key)
+is checkpointed and restored together, placed with the shardings its module's logical
+axes give under the rule preset (stats replicated). Optimizer moments are sharded like
+their params.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -50,6 +53,7 @@ class TrainState:
     step: jax.Array
     models: dict                # name -> ModelState
     rng: jax.Array              # raw uint32 key data (checkpoint friendly)
+    stats: dict = flax.struct.field(default_factory=dict)  # name -> float32 array
 
     def params(self, name: str):
         return self.models[name].params
@@ -58,8 +62,10 @@ class TrainState:
 Specs = Mapping[str, ModelSpec]
 
 
-def state_shardings(specs: Specs, mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
-    """(shardings, abstract state) of the TrainState for ``specs`` on ``mesh``."""
+def state_shardings(specs: Specs, mesh: Mesh, rules, stats: Mapping | None = None
+                    ) -> tuple[TrainState, TrainState]:
+    """(shardings, abstract state) of the TrainState for ``specs`` (and initial ``stats``)
+    on ``mesh``."""
     replicated = NamedSharding(mesh, P())
     shard_models, abstract_models = {}, {}
     for name, spec in specs.items():
@@ -70,10 +76,18 @@ def state_shardings(specs: Specs, mesh: Mesh, rules) -> tuple[TrainState, TrainS
             opt_shard = _opt_shardings(spec.tx, opt_abstract, p_shard, replicated)
         shard_models[name] = ModelState(p_shard, opt_shard)
         abstract_models[name] = ModelState(p_abstract, opt_abstract)
-    shard = TrainState(step=replicated, models=shard_models, rng=replicated)
+    stats = _stats(stats)
+    shard = TrainState(step=replicated, models=shard_models, rng=replicated,
+                       stats={k: replicated for k in stats})
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), models=abstract_models,
-                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+                          rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+                          stats={k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+                                 for k, v in stats.items()})
     return shard, abstract
+
+
+def _stats(stats: Mapping | None) -> dict:
+    return {k: np.asarray(v, np.float32) for k, v in (stats or {}).items()}
 
 
 def _opt_shardings(tx, opt_abstract, p_shard, replicated):
@@ -97,10 +111,11 @@ def model_init_key(seed: int, index: int) -> jax.Array:
     return init_key if index == 0 else jax.random.fold_in(init_key, index)
 
 
-def create(specs: Specs, mesh: Mesh, rules, seed: int) -> TrainState:
+def create(specs: Specs, mesh: Mesh, rules, seed: int, stats: Mapping | None = None
+           ) -> TrainState:
     """Initialise every model (its ``init`` or a seeded fresh init) and its optimizer
-    state, placed with their shardings."""
-    shard, _ = state_shardings(specs, mesh, rules)
+    state, and the ``stats``, placed with their shardings."""
+    shard, _ = state_shardings(specs, mesh, rules, stats)
     _, step_key = init_keys(seed)
     placed: set[int] = set()
     models = {}
@@ -120,7 +135,8 @@ def create(specs: Specs, mesh: Mesh, rules, seed: int) -> TrainState:
                     params)
             models[name] = ModelState(params, opt_state)
     return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shard.step), models=models,
-                      rng=jax.device_put(jax.random.key_data(step_key), shard.rng))
+                      rng=jax.device_put(jax.random.key_data(step_key), shard.rng),
+                      stats=jax.device_put(_stats(stats), shard.stats))
 
 
 def _place(params, shardings, placed: set[int]):

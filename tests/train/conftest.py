@@ -65,8 +65,8 @@ def run_steps(trainer, mesh, preset, batches, seed=0):
     models = {n: dataclasses.replace(s, init=(lambda s=s: _host(s.init())) if s.init else None)
               for n, s in trainer.models.items()}
     trained = state_lib.trainable(models)[0]
-    state_sh, _ = state_lib.state_shardings(models, mesh, rules)
-    state = state_lib.create(models, mesh, rules, seed)
+    state_sh, _ = state_lib.state_shardings(models, mesh, rules, trainer.stats)
+    state = state_lib.create(models, mesh, rules, seed, trainer.stats)
     batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
     step = jax.jit(trainer.step_fn, in_shardings=(state_sh, batch_sh, None),
                    out_shardings=(state_sh, None))

@@ -57,11 +57,11 @@ def test_presets_build_and_small_matches_dense_active_params():
 
 def test_64e_shards_and_lowers_on_simulated_mesh(lower_pretrain_step):
     cfg = config_lib.load(f"{MOE}:64e", ["mesh.expert=4", "mesh.fsdp=-1"])
-    models, step_fn = pretrain.build_step(cfg)
+    step = pretrain.build_step(cfg)
     mesh = sharding.make_mesh({a: cfg.mesh[a] for a in sharding.MESH_AXES})
     assert dict(mesh.shape)["fsdp"] == 2 and dict(mesh.shape)["expert"] == 4
     rules = sharding.get_rules(cfg.mesh.rules)
-    shardings, abstract = state_lib.state_shardings(models, mesh, rules)
+    shardings, abstract = state_lib.state_shardings(step.models, mesh, rules)
     policy_sh, policy = shardings.models["policy"].params, abstract.models["policy"].params
     n = sum(x.size for x in jax.tree.leaves(policy))
     assert abs(n / 10.1e9 - 1) < 0.02, n
@@ -69,7 +69,7 @@ def test_64e_shards_and_lowers_on_simulated_mesh(lower_pretrain_step):
     assert frac <= 0.02
     experts = policy_sh["moe_layers"]["sparse"]["moe"]["wi_gate"]
     assert experts.spec[1] == "expert"
-    text = lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules)
+    text = lower_pretrain_step(cfg, step.fn, shardings, abstract, mesh, rules)
     assert "sharding" in text[:200000]
 
 

@@ -19,17 +19,17 @@ PRETRAIN = os.path.join(ROOT, "configs", "pretrain.py")
 def test_preset_shards_and_lowers_on_simulated_mesh(preset, expected_params,
                                                     lower_pretrain_step):
     cfg = config_lib.load(f"{PRETRAIN}:{preset}", ["mesh.data=1", "mesh.fsdp=-1"])
-    models, step_fn = pretrain.build_step(cfg)
+    step = pretrain.build_step(cfg)
     mesh = sharding.make_mesh({a: cfg.mesh[a] for a in sharding.MESH_AXES})
     rules = sharding.get_rules(cfg.mesh.rules)
-    shardings, abstract = state_lib.state_shardings(models, mesh, rules)
+    shardings, abstract = state_lib.state_shardings(step.models, mesh, rules)
     policy_sh, policy = shardings.models["policy"].params, abstract.models["policy"].params
     n = sum(x.size for x in jax.tree.leaves(policy))
     assert abs(n - expected_params) / expected_params < 0.15, n
     frac = sharding.check_replication(policy_sh, policy, mesh, cfg.mesh.rules)
     assert frac <= 0.02
     if preset in ("1b", "7b"):  # lowering proves shardings and shapes line up, no memory
-        text = lower_pretrain_step(cfg, step_fn, shardings, abstract, mesh, rules)
+        text = lower_pretrain_step(cfg, step.fn, shardings, abstract, mesh, rules)
         assert "sharding" in text[:200000]
 
 

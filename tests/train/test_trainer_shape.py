@@ -19,7 +19,7 @@ from kyx.model.reward import RewardModel
 from kyx.model.transformer import Decoder
 from kyx.objectives import lm
 from kyx.train import loop, optim, pretrain, registry
-from kyx.train.base import make_trainer
+from kyx.train.base import StepSpec, make_trainer
 from kyx.train.forward import LossContext, forward_with_aux
 from kyx.train.hooks import Hook
 from kyx.train.state import ModelSpec
@@ -92,14 +92,13 @@ def build_step(cfg):
         out.update(loss=out["policy/loss"], lr=schedule(state.step),
                    skipped=jnp.maximum(out["policy/skipped"], out["value/skipped"]))
         return state.replace(step=state.step + 1), out
-    return models, step
+    return StepSpec(models, step)
 
 
 def build(cfg):
     corpus, tokenizer = pipeline.prepare(cfg.data)
-    models, step_fn = build_step(cfg)
     it = pipeline.make_iterator(cfg.data, corpus, tokenizer, "train")
-    return make_trainer(cfg, models, step_fn, train_iter=it, batch_axes=pretrain.BATCH_AXES,
+    return make_trainer(cfg, build_step(cfg), train_iter=it, batch_axes=pretrain.BATCH_AXES,
                         tokenizer=tokenizer, hooks=[Hook("record", record_step, every=2)])
 
 

@@ -1,0 +1,65 @@
+"""The ``judge`` reward term: an AI judge (RLAIF). Any kyx workdir or Hugging Face causal
+LM is asked a rubric prompt about (prompt, response); the score is its probability of the
+positive answer token against the negative one, p(pos) / (p(pos) + p(neg)), at the next
+token after the rubric."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kyx import sharding
+from kyx.data.chat import ChatTemplate
+from kyx.data.hf_tokenizer import load_tokenizer
+from kyx.errors import ConfigError
+from kyx.interop import sources
+from kyx.model.transformer import Decoder
+from kyx.rewards.scoring import SequenceScorer, left_cut
+
+
+class AIJudge:
+    def __init__(self, source: str, prompt: str, positive: str = "Yes", negative: str = "No",
+                 mesh=None, rules=None, batch_size: int = 32, max_len: int = 256,
+                 chat: bool = False):
+        if "{response}" not in prompt:
+            raise ConfigError("reward.judge.prompt must contain {response} (and usually "
+                              "{prompt})")
+        mesh = mesh or sharding.single_device_mesh()
+        rules = sharding.get_rules(rules or "dp")
+        model = Decoder(sources.model_config(source))
+        params = sources.load_params(source, model, mesh, rules)
+        self.tokenizer = load_tokenizer(source)
+        self.template = ChatTemplate(self.tokenizer) if chat else None
+        self.prompt, self.max_len = prompt, max_len
+        pos, neg = (self._answer_id(a) for a in (positive, negative))
+        if pos == neg:
+            raise ConfigError(f"the judge's answers {positive!r} and {negative!r} start with "
+                              "the same token")
+
+        def score(p, tokens_bt, segment_ids_bt):
+            logits_btv, _ = model.apply({"params": p}, tokens_bt, segment_ids_bt)
+            last_b = jnp.maximum(jnp.sum(segment_ids_bt > 0, axis=-1) - 1, 0)
+            z_bv = jnp.take_along_axis(logits_btv, last_b[:, None, None], axis=1)[:, 0]
+            z = z_bv.astype(jnp.float32)
+            return jax.nn.sigmoid(z[:, pos] - z[:, neg])  # p(pos) / (p(pos) + p(neg))
+        self.scorer = SequenceScorer(score, params, mesh, rules, batch_size,
+                                     self.tokenizer.pad_id or 0)
+
+    def _answer_id(self, answer: str) -> int:
+        ids = self.tokenizer.encode(" " + answer) or self.tokenizer.encode(answer)
+        if not ids:
+            raise ConfigError(f"the judge's tokenizer encodes {answer!r} as nothing")
+        return int(ids[0])
+
+    def ids(self, prompt: str, response: str) -> list[int]:
+        text = self.prompt.format(prompt=prompt, response=response)
+        if self.template is not None:
+            return self.template.prompt_ids(text)
+        bos = self.tokenizer.bos_id
+        return ([] if bos is None else [bos]) + list(self.tokenizer.encode(text))
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return self.scorer([left_cut(self.ids(p, r), self.max_len)
+                            for p, r in zip(prompts, responses)])

@@ -1,0 +1,182 @@
+"""PPO and GRPO (kyx/train/ppo.py): sampled log-probs equal a full forward, critic warm-up
+leaves the policy bit-identical, 8 devices equal 1 for a PPO and a GRPO step, a critic
+initialised from a reward model, ExCP, and kill -9 mid-PPO resumes exactly."""
+import json
+import math
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from kyx import sharding
+from kyx.metrics import read_metrics
+from kyx.train import loop, registry
+from kyx.train import state as state_lib
+
+RL = ["data.seq_len=48", "rl.max_new_tokens=16", "data.batch_size=8", "train.eval_every=2",
+      "optim.lr=1e-3", "value_optim.lr=1e-3", "optim.warmup_steps=0",
+      "value_optim.warmup_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def rl_config(post_overrides, pretrained, post_config):
+    """rl_config(name, extra) -> configs/<name>.py:tiny on the tiny pretrained model."""
+    return lambda name, extra=(): post_config(name, post_overrides + RL + [
+        f"init_from={pretrained}", *extra])
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def experience(trainer, n: int, seed: int = 0):
+    """n experience batches from the trainer's rollout of its initial state (host numpy)."""
+    cfg = trainer.config
+    mesh, rules = sharding.mesh_from_config(cfg.mesh)
+    state = state_lib.create(trainer.models, mesh, rules, cfg.train.seed, trainer.stats)
+    p_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.rollout_axes.items()}
+    out = []
+    with sharding.use_mesh(mesh, rules):
+        for i in range(n):
+            prompts = {k: jax.device_put(v, p_sh[k]) for k, v in next(trainer.train_iter).items()}
+            out.append(_host(trainer.rollout(state, prompts, jax.random.key(seed + i))))
+    return out
+
+
+def test_sampled_logprobs_equal_full_forward_and_rewards_are_recorded(rl_config):
+    trainer = registry.build(rl_config("ppo"))
+    exp, = experience(trainer, 1)
+    mask = exp["mask"] > 0
+    assert mask.sum() > 0 and set(exp) >= {"score", "score/parses", "values", "ref_logp"}
+    np.testing.assert_allclose(exp["sample_logp"][mask], exp["old_logp"][mask], atol=1e-5)
+    np.testing.assert_array_equal(exp["old_logp"], exp["ref_logp"])  # policy == ref at start
+    # the mask covers exactly the sampled response tokens (end of turn when sampled)
+    np.testing.assert_array_equal(mask.sum(1), exp["response_len"])
+    assert set(np.unique(exp["score"])) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_rl_step_eight_devices_equal_one(name, rl_config, eight_vs_one):
+    # a reward that varies with the response (a fresh tiny policy never writes valid code,
+    # and all-equal scores leave only rounding noise for Adam to amplify)
+    trainer = registry.build(rl_config(name, ["rl.epochs=2", "rl.minibatches=2",
+                                              "reward.terms=length", "reward.max_chars=8"]))
+    batches = experience(trainer, 2)
+    (m1, _), _ = eight_vs_one(trainer, batches, ("fsdp", "fsdp_tp"))
+    assert all(math.isfinite(m["loss"]) for m in m1)
+    assert ("value/loss" in m1[0]) == (name == "ppo")
+
+
+def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
+    trainer = registry.build(rl_config("ppo", ["rl.critic_warmup_steps=2"]))
+    batches = experience(trainer, 3)
+    mesh, rules = sharding.mesh_from_config(trainer.config.mesh)
+    state = state_lib.create(trainer.models, mesh, rules, 0, trainer.stats)
+    start = _host(state.models)
+    ax = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
+    step = jax.jit(trainer.step_fn)
+    seen = []
+    with sharding.use_mesh(mesh, rules):
+        for i, b in enumerate(batches):
+            state, m = step(state, {k: jax.device_put(v, ax[k]) for k, v in b.items()},
+                            jax.random.key(i))
+            seen.append((_host(state.models), _host(m)))
+    same = lambda a, b: all(np.array_equal(x, y)  # noqa: E731
+                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    for models, m in seen[:2]:
+        assert m["critic_warmup"] == 1.0
+        assert same(models["policy"], start["policy"])      # params and Adam state
+        assert not same(models["value"].params, start["value"].params)
+    assert seen[2][1]["critic_warmup"] == 0.0
+    assert not same(seen[2][0]["policy"].params, start["policy"].params)
+
+
+@pytest.fixture(scope="module")
+def reward_model(post_overrides, pretrained, post_config, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("rm")
+    cfg = post_config("rm", post_overrides + [f"init_from={pretrained}", "train.steps=2"])
+    loop.run(registry.build(cfg), str(workdir))
+    return str(workdir)
+
+
+def test_critic_from_a_reward_model_and_rm_reward(rl_config, reward_model):
+    from kyx.checkpoint.workdir import load_params
+    from kyx.rewards.reward_model import RewardModelScorer
+
+    cfg = rl_config("ppo", ["rl.value_init=reward", f"reward.model_workdir={reward_model}",
+                            "reward.terms=rm:1,parses:0.5"])
+    trainer = registry.build(cfg)
+    mesh, rules = sharding.single_device_mesh(), sharding.get_rules("dp")
+    value = trainer.models["value"]
+    rm = load_params(reward_model, value.module, mesh, rules, name="reward")
+    for a, b in zip(jax.tree.leaves(_host(value.init())), jax.tree.leaves(_host(rm))):
+        np.testing.assert_array_equal(a, b)
+    exp, = experience(trainer, 1)
+    np.testing.assert_allclose(exp["score"], exp["score/rm"] + 0.5 * exp["score/parses"],
+                               rtol=1e-6)
+    # the rm term equals the reward model run directly on the same texts
+    scorer = RewardModelScorer(reward_model, mesh, rules, batch_size=3)
+    one = scorer(["def f(x):\n    \"\"\"Add one.\"\"\""], ["    return x + 1"])
+    alone = RewardModelScorer(reward_model, mesh, rules, batch_size=1)(
+        ["def f(x):\n    \"\"\"Add one.\"\"\""], ["    return x + 1"])
+    np.testing.assert_allclose(one, alone, atol=1e-5)
+
+
+def _rows(workdir):
+    return {r["step"]: {k: v for k, v in r.items() if k.startswith("train/")}
+            for r in read_metrics(workdir) if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_ppo_sigkill_resume_reproduces_uninterrupted_metrics(post_overrides, pretrained,
+                                                             tmp_path, train_process,
+                                                             wait_for_step):
+    args = post_overrides + RL + [f"init_from={pretrained}", "train.steps=6",
+                                  "checkpoint.every=2", "train.eval_every=100",
+                                  "rl.critic_warmup_steps=1"]
+    ref = train_process("ppo", tmp_path / "ref", args)
+    assert ref.wait() == 0, ref.stdout.read()
+    proc = train_process("ppo", tmp_path / "killed", args)
+    wait_for_step(tmp_path / "killed", 5, proc)   # checkpoint 4 is committed
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train_process("ppo", tmp_path / "killed", args)
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    assert "resumed from" in out
+    got, want = _rows(tmp_path / "killed"), _rows(tmp_path / "ref")
+    assert sorted(got) == list(range(1, 7))
+    for s in want:
+        assert got[s] == want[s], s  # every train metric, bit-exact
+
+
+@pytest.mark.slow
+def test_grpo_with_excp_resumes_from_a_compressed_step(rl_config, tmp_path):
+    excp = ["checkpoint.excp.enabled=true", "checkpoint.every=2", "train.eval_every=100",
+            "optim.schedule=constant"]
+    loop.run(registry.build(rl_config("grpo", excp + ["train.steps=6"])), str(tmp_path))
+    from kyx.checkpoint.excp import ExcpChain
+    chain = ExcpChain(str(tmp_path / "excp"))
+    assert chain.steps() == [2, 4, 6]
+    names = set(chain.reconstruct(2)[0])
+    assert names and all(n.startswith("policy/") for n in names)  # ref is frozen
+    loop.run(registry.build(rl_config("grpo", excp + ["train.steps=6",
+                                                      "checkpoint.resume_step=2"])),
+             str(tmp_path))
+    rows = _rows(tmp_path)
+    assert sorted(rows) == list(range(1, 7))
+    assert all(math.isfinite(r["train/loss"]) for r in rows.values())
+    stats = json.loads(open(tmp_path / "config.json").read())["rl"]
+    assert stats["algorithm"] == "grpo"
+
+
+def test_bad_rl_configs_fail_clearly(rl_config):
+    from kyx.errors import ConfigError
+    for bad, match in [(["rl.algorithm=ppg"], "did you mean ppo"),
+                       (["rl.kl_estimator=k2"], "k1, k3"),
+                       (["rl.minibatches=3"], "do not split"),
+                       (["reward.terms=parse"], "did you mean parses"),
+                       (["rl.algorithm=grpo", "rl.group_size=1"], "group_size")]:
+        with pytest.raises(ConfigError, match=match):
+            registry.build(rl_config("ppo", bad))
