@@ -20,8 +20,8 @@ PRESETS = {
                  rl=dict(algorithm="grpo", group_size=4, max_new_tokens=48, epochs=1,
                          minibatches=2, kl_coef=0.04, kl_estimator="k3", reward_norm=False,
                          reward_clip=0.0),
-                 train=dict(steps=100, eval_every=25, log_every=5),
-                 optim=dict(lr=3e-5, warmup_steps=5, weight_decay=0.0),
+                 train=dict(steps=100, eval_every=25, log_every=5, eval_at_start=True),
+                 optim=dict(lr=1e-4, warmup_steps=5, weight_decay=0.0),
                  checkpoint=dict(every=25)),
 }
 

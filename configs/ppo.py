@@ -23,8 +23,8 @@ PRESETS = {
                            tokenizer=dict(vocab_size=4096),
                            records=dict(max_train=4000, max_eval=64)),
                  rl=dict(max_new_tokens=48, epochs=2, minibatches=2, kl_coef=0.05),
-                 train=dict(steps=100, eval_every=25, log_every=5),
-                 optim=dict(lr=3e-5, warmup_steps=5, weight_decay=0.0),
+                 train=dict(steps=100, eval_every=25, log_every=5, eval_at_start=True),
+                 optim=dict(lr=1e-4, warmup_steps=5, weight_decay=0.0),
                  value_optim=dict(lr=1e-4, warmup_steps=5, weight_decay=0.0),
                  checkpoint=dict(every=25)),
 }

@@ -48,10 +48,13 @@ class AIJudge:
                                      self.tokenizer.pad_id or 0)
 
     def _answer_id(self, answer: str) -> int:
-        ids = self.tokenizer.encode(" " + answer) or self.tokenizer.encode(answer)
-        if not ids:
-            raise ConfigError(f"the judge's tokenizer encodes {answer!r} as nothing")
-        return int(ids[0])
+        """The answer's first token that is not bare whitespace (SentencePiece may start
+        with a lone word-boundary piece)."""
+        for ids in (self.tokenizer.encode(answer), self.tokenizer.encode(" " + answer)):
+            for i in ids:
+                if self.tokenizer.decode([int(i)]).strip():
+                    return int(i)
+        raise ConfigError(f"the judge's tokenizer has no token for the answer {answer!r}")
 
     def ids(self, prompt: str, response: str) -> list[int]:
         text = self.prompt.format(prompt=prompt, response=response)

@@ -5,8 +5,9 @@ is the start of its body (kyx/data/mining.py). Each verifier is a pure function 
 strings, so it runs on the host, per process, on that process's rows.
 
 * ``parses``: 1 if ``prompt + response`` is valid Python, also when the response stops
-  inside an open block (a trailing ``pass`` closes it: responses are body prefixes); an
-  empty response scores 0, since the docstring alone would parse;
+  inside an open block (a trailing ``pass`` closes it: responses are body prefixes); a
+  response without code (empty, or only comments) scores 0, since the docstring alone
+  would parse;
 * ``uses_args``: the share of the function's parameters (``self`` / ``cls`` aside) that
   the response reads (1 when there are none); 0 if it does not parse;
 * ``no_repeats``: 1 − the share of response lines that repeat an earlier line (the
@@ -31,9 +32,14 @@ def _tree(prompt: str, response: str):
     return None
 
 
+def _code_lines(response: str) -> list[str]:
+    return [ln for ln in response.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 def parses(prompt: str, response: str) -> float:
-    """1 if the body parses; an empty response scores 0 (a docstring alone would parse)."""
-    if not response.strip():
+    """1 if the body parses and has code; a response of only blanks or comments scores 0
+    (with the docstring it would parse without being a body)."""
+    if not _code_lines(response):
         return 0.0
     return 0.0 if _tree(prompt, response) is None else 1.0
 

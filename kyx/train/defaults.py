@@ -13,6 +13,7 @@ def train_config() -> ml_collections.ConfigDict:
         "seed": 0,
         "log_every": 10,
         "eval_every": 200,
+        "eval_at_start": False,   # also evaluate the initial params (a step-0 row)
         "nan_policy": "skip",     # "skip": drop the update and go on; "stop": save and raise
         "measure_mfu": True,      # measure this machine's matmul peak once at start
     })

@@ -34,6 +34,7 @@ class Hook:
     every: int = 0          # after every `every`-th step; 0: only at the end
     at_end: bool = True     # also after the last step of the run
     order: int = DEFAULT
+    at_start: bool = False  # also before the first step of a fresh run (step 0)
 
     def due(self, step: int, total: int) -> bool:
         return (self.every > 0 and step % self.every == 0) or (self.at_end and step == total)
@@ -43,15 +44,17 @@ class Hook:
 DEFAULT_HOOKS = Registry("hook")
 
 
-def eval_hook(evaluate: Callable[[Run], dict], every: int, name: str = "eval") -> Hook:
+def eval_hook(evaluate: Callable[[Run], dict], every: int, name: str = "eval",
+              at_start: bool = False) -> Hook:
     """A hook writing ``evaluate(run)``'s metrics in the current step's row as they happen
-    (the throughput window closes before, and evaluation time is not counted in it)."""
+    (the throughput window closes before, and evaluation time is not counted in it);
+    ``at_start`` also evaluates the initial params (a row at step 0)."""
     def run_eval(run: Run) -> None:
         run.collect()
         with run.untimed():
             run.add_metrics(run.step, evaluate(run))
         run.flush()
-    return Hook(name, run_eval, every=every, order=EVAL)
+    return Hook(name, run_eval, every=every, order=EVAL, at_start=at_start)
 
 
 @DEFAULT_HOOKS.register("eval")
@@ -59,7 +62,8 @@ def default_eval_hook(run: Run) -> Hook | None:
     """The trainer's eval_fn over its eval batches (``Run.evaluate``)."""
     if run.eval_fn is None:
         return None
-    return eval_hook(lambda r: r.evaluate(), run.cfg.train.eval_every)
+    return eval_hook(lambda r: r.evaluate(), run.cfg.train.eval_every,
+                     at_start=run.cfg.train.get("eval_at_start", False))
 
 
 @DEFAULT_HOOKS.register("log")

@@ -66,6 +66,9 @@ def run(trainer: Trainer, workdir: str) -> dict:
     r = Run(trainer, workdir)
     try:
         with _Preemption() as preempt, sharding.use_mesh(r.mesh, r.rules):
+            for hook in r.hooks:
+                if hook.at_start and r.step == 0:
+                    hook.fn(r)
             while r.step < r.total:
                 batch = r.next_batch()
                 r.state, metrics = r.step_fn(r.state, batch, r.step_rng())

@@ -331,7 +331,8 @@ def build(cfg) -> Trainer:
             batches = (run.global_batch(b, prompt_sh) for b in prompts("validation", 1))
             return evaluate_policy(rollout, run.state.params("policy"), batches,
                                    cfg.rl.eval_seed)
-        hooks.append(eval_hook(evaluate, cfg.train.eval_every))
+        hooks.append(eval_hook(evaluate, cfg.train.eval_every,
+                               at_start=cfg.train.eval_at_start))
     terms = [name for name, _ in rewards_lib.parse_terms(cfg.reward.terms)]
     axes = {**EXPERIENCE_AXES, **{f"score/{t}": EXPERIENCE_AXES["score"] for t in terms}}
     seq = cfg.data.seq_len + cfg.rl.max_new_tokens

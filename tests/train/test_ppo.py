@@ -180,3 +180,20 @@ def test_bad_rl_configs_fail_clearly(rl_config):
                        (["rl.algorithm=grpo", "rl.group_size=1"], "group_size")]:
         with pytest.raises(ConfigError, match=match):
             registry.build(rl_config("ppo", bad))
+
+
+def test_ai_judge_scores_by_the_answer_probability(pretrained):
+    """p(Yes) / (p(Yes) + p(No)) at the token after the rubric, from the judge's own
+    forward pass (here a kyx workdir; HF directories load the same way)."""
+    import kyx
+    from kyx.rewards.judge import AIJudge
+
+    judge = AIJudge(pretrained, "Q: {prompt} A: {response} OK?", "Yes", "No", batch_size=2)
+    prompts, responses = ["def f():", "def g(x):", "def h():"], ["  return 1", "x", ""]
+    got = judge(prompts, responses)
+    model = kyx.load(pretrained)
+    yes, no = (judge._answer_id(a) for a in ("Yes", "No"))
+    for p, r, g in zip(prompts, responses, got):
+        z = model.logits(judge.ids(p, r))[0, -1]
+        np.testing.assert_allclose(g, 1 / (1 + np.exp(z[no] - z[yes])), atol=1e-5)
+    assert np.all((got > 0) & (got < 1))
