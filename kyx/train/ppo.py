@@ -19,8 +19,10 @@ updates (ALGORITHMS §9):
 Scores can be normalised by a running mean / std (``rl.reward_norm``) and clipped. The
 train state holds ``policy``, the frozen ``ref`` (the initial policy) and, for PPO,
 ``value``; ``stats`` carries β and the reward moments, so a resumed run continues exactly.
-Held-out prompts are evaluated every ``train.eval_every`` steps: ``eval/reward`` (the mean
-score of sampled responses, fixed seed) and each reward term.
+Held-out prompts are evaluated every ``train.eval_every`` steps (and before the first
+with ``train.eval_at_start``): ``eval/reward`` (the mean score of one sampled response per
+prompt, fixed seed; ``data.eval_batches`` batches of batch_size x group_size prompts), each
+reward term, response length and stop rate.
 """
 from __future__ import annotations
 
@@ -61,10 +63,10 @@ class Algorithm:
     kl_in_loss: bool      # KL to the reference in the loss (GRPO) instead of the reward
 
 
-# rl.algorithm -> how advantages are estimated and where the KL goes
+# rl.algorithm -> Algorithm: how advantages are estimated and where the KL goes
 ALGORITHMS = Registry("rl.algorithm")
-ALGORITHMS.register("ppo", spec=Algorithm(critic=True, kl_in_loss=False))(None)
-ALGORITHMS.register("grpo", spec=Algorithm(critic=False, kl_in_loss=True))(None)
+ALGORITHMS.register("ppo")(Algorithm(critic=True, kl_in_loss=False))
+ALGORITHMS.register("grpo")(Algorithm(critic=False, kl_in_loss=True))
 VALUE_INITS = ("policy", "reward")
 
 
@@ -106,7 +108,7 @@ def default_config():
 
 
 def algorithm(cfg) -> Algorithm:
-    spec = ALGORITHMS.get(cfg.rl.algorithm).spec
+    spec = ALGORITHMS.get(cfg.rl.algorithm).fn
     rl = cfg.rl
     rl_obj.KL_ESTIMATORS.get(rl.kl_estimator)
     if rl.group_size < 1 or (not spec.critic and rl.group_size < 2):
@@ -321,14 +323,16 @@ def build(cfg) -> Trainer:
     rollout = Rollout(cfg.rl, step.models, shardings, mesh, rules, tokenizer,
                       template.stop_id, reward, prompt_text)
     split = pipeline.process_split()
-    prompts = lambda name, g: make_prompt_iterator(  # noqa: E731
-        cfg.data, records, template, name, group_size=g, **split)
+    rows = cfg.data.batch_size * cfg.rl.group_size
+    eval_data = cfg.data.copy_and_resolve_references()
+    eval_data.batch_size = rows  # evaluation: one sample for each of `rows` prompts a batch
     hooks = []
     if len(records.source("validation")):
         prompt_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in PROMPT_AXES.items()}
 
         def evaluate(run):
-            batches = (run.global_batch(b, prompt_sh) for b in prompts("validation", 1))
+            batches = (run.global_batch(b, prompt_sh) for b in make_prompt_iterator(
+                eval_data, records, template, "validation", **split))
             return evaluate_policy(rollout, run.state.params("policy"), batches,
                                    cfg.rl.eval_seed)
         hooks.append(eval_hook(evaluate, cfg.train.eval_every,
@@ -337,8 +341,10 @@ def build(cfg) -> Trainer:
     axes = {**EXPERIENCE_AXES, **{f"score/{t}": EXPERIENCE_AXES["score"] for t in terms}}
     seq = cfg.data.seq_len + cfg.rl.max_new_tokens
     return make_trainer(
-        cfg, step, train_iter=prompts("train", cfg.rl.group_size), batch_axes=axes,
+        cfg, step, train_iter=make_prompt_iterator(cfg.data, records, template, "train",
+                                                   group_size=cfg.rl.group_size, **split),
+        batch_axes=axes,
         sequences_per_row=cfg.rl.group_size * seq / cfg.data.seq_len,
         flops_factor=(2.0 if spec.critic else 1.0) * cfg.rl.epochs, tokenizer=tokenizer,
         hooks=hooks, rollout=rollout, rollout_axes=PROMPT_AXES,
-        batch_rows=cfg.data.batch_size * cfg.rl.group_size)
+        batch_rows=rows)

@@ -63,13 +63,16 @@ def test_rl_step_eight_devices_equal_one(name, rl_config, eight_vs_one):
     trainer = registry.build(rl_config(name, ["rl.epochs=2", "rl.minibatches=2",
                                               "reward.terms=length", "reward.max_chars=8"]))
     batches = experience(trainer, 2)
-    (m1, _), _ = eight_vs_one(trainer, batches, ("fsdp", "fsdp_tp"))
+    (m1, _), _ = eight_vs_one(trainer, batches, ("dp", "fsdp", "fsdp_tp"))
     assert all(math.isfinite(m["loss"]) for m in m1)
     assert ("value/loss" in m1[0]) == (name == "ppo")
 
 
 def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
-    trainer = registry.build(rl_config("ppo", ["rl.critic_warmup_steps=2"]))
+    """...and the adaptive KL coefficient follows its recurrence across steps."""
+    from kyx.objectives.rl import adaptive_kl
+    trainer = registry.build(rl_config("ppo", ["rl.critic_warmup_steps=2", "rl.kl_target=0.01",
+                                               "rl.kl_horizon=100"]))
     batches = experience(trainer, 3)
     mesh, rules = sharding.mesh_from_config(trainer.config.mesh)
     state = state_lib.create(trainer.models, mesh, rules, 0, trainer.stats)
@@ -79,9 +82,13 @@ def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
     seen = []
     with sharding.use_mesh(mesh, rules):
         for i, b in enumerate(batches):
+            beta = float(state.stats["kl_coef"])
             state, m = step(state, {k: jax.device_put(v, ax[k]) for k, v in b.items()},
                             jax.random.key(i))
             seen.append((_host(state.models), _host(m)))
+            assert float(m["kl_coef"]) == beta
+            want = adaptive_kl(beta, float(m["kl"]), 0.01, float(b["weight"].sum()), 100.0)
+            np.testing.assert_allclose(float(state.stats["kl_coef"]), want, rtol=1e-6)
     same = lambda a, b: all(np.array_equal(x, y)  # noqa: E731
                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     for models, m in seen[:2]:
