@@ -42,6 +42,13 @@ def default_model(names) -> str:
     raise CheckpointError(f"the checkpoint holds models {names}; name the one to load")
 
 
+def _backbone_only(stored, abstract) -> bool:
+    """Whether ``abstract`` (a Decoder's params) is read from the ``backbone`` of a stored
+    value-head model (a reward model, or a PPO policy with a value head)."""
+    return (isinstance(stored, dict) and "backbone" in stored and "value_kernel" in stored
+            and isinstance(abstract, dict) and "backbone" not in abstract)
+
+
 class Checkpointer:
     """Thin wrapper over ocp.CheckpointManager with items state / data / config.
 
@@ -119,15 +126,20 @@ class Checkpointer:
 
     def restore_params(self, step: int, abstract_params, name: str | None = None) -> Any:
         """Restore one model's params (for ``init_from`` / ``kyx.load``); ``name`` None:
-        ``default_model`` of what the checkpoint holds."""
+        ``default_model`` of what the checkpoint holds. Decoder params asked of a
+        value-head model (``backbone`` + ``value_kernel``) come from its backbone."""
         tree = self.state_tree(step)
         if "models" in tree:
             name = name or default_model(tree["models"])
             if name not in tree["models"]:
                 raise CheckpointError(f"checkpoint step {step} at {self.step_dir(step)} has no "
                                       f"model {name!r}; it has {sorted(tree['models'])}")
-            target = {"models": {name: {"params": abstract_params}}}
+            stored = tree["models"][name]["params"]
+            sub = _backbone_only(stored, abstract_params)
+            target = {"models": {name: {"params": {"backbone": abstract_params} if sub
+                                        else abstract_params}}}
         else:  # the single-model layout of earlier kyx versions
+            sub = False
             target = {"params": abstract_params}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
@@ -139,7 +151,8 @@ class Checkpointer:
                 f"cannot read params from checkpoint step {step} at {self.step_dir(step)}: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
         state = out["state"]
-        return state["models"][name]["params"] if "models" in state else state["params"]
+        params = state["models"][name]["params"] if "models" in state else state["params"]
+        return params["backbone"] if sub else params
 
     def save_params(self, step: int, params, config: dict, name: str = DEFAULT_MODEL) -> None:
         """A params-only checkpoint (converted or upcycled models; read by ``init_from``)."""

@@ -308,6 +308,18 @@ class PairExample(grain.transforms.Map):
         return out
 
 
+def stack_padded(elements: list[dict], rows: int) -> dict:
+    """Stack example dicts into ``rows`` rows; missing rows (a short last eval batch) are
+    copies of the first row with ``weight`` 0."""
+    n = len(elements)
+    out = {}
+    for key in elements[0]:
+        x = np.stack([e[key] for e in elements])
+        out[key] = np.concatenate([x, np.repeat(x[:1], rows - n, axis=0)])
+    out["weight"] = (np.arange(rows) < n).astype(np.float32)
+    return out
+
+
 class PairBatch:
     """Stacks examples, adds ``weight``, reference log-probs and padding rows."""
 
@@ -319,13 +331,7 @@ class PairBatch:
         self.keep = slice(process_index * local, (process_index + 1) * local)
 
     def __call__(self, elements: list[dict]) -> dict:
-        n = len(elements)
-        out = {}
-        for key in elements[0]:
-            x = np.stack([e[key] for e in elements])
-            pad = np.repeat(x[:1], self.rows - n, axis=0)  # copies of a real row, weight 0
-            out[key] = np.concatenate([x, pad])
-        out["weight"] = (np.arange(self.rows) < n).astype(np.float32)
+        out = stack_padded(elements, self.rows)
         if self.ref_columns:
             for j, name in enumerate(SEQUENCES[self.kind]):
                 out[f"ref_{name}_logps"] = (

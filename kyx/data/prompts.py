@@ -20,7 +20,7 @@ import numpy as np
 
 from kyx import axes as ax
 from kyx.data import chat, pipeline
-from kyx.data.preference import RecordIterator, Stats
+from kyx.data.preference import RecordIterator, Stats, stack_padded
 from kyx.errors import DataError
 
 PROMPT_AXES = {"prompt_tokens": ax.BT, "prompt_lengths": ax.B, "index": ax.B, "weight": ax.B}
@@ -61,15 +61,8 @@ class PromptBatch:
         self.keep = slice(process_index * local, (process_index + 1) * local)
 
     def __call__(self, elements: list[dict]) -> dict:
-        n = len(elements)
-        out = {}
-        for key in elements[0]:
-            x = np.stack([e[key] for e in elements])
-            x = np.concatenate([x, np.repeat(x[:1], self.prompts - n, axis=0)])
-            out[key] = np.repeat(x, self.group_size, axis=0)
-        out["weight"] = np.repeat((np.arange(self.prompts) < n).astype(np.float32),
-                                  self.group_size)
-        return {k: v[self.keep] for k, v in out.items()}
+        out = stack_padded(elements, self.prompts)
+        return {k: np.repeat(v, self.group_size, axis=0)[self.keep] for k, v in out.items()}
 
 
 class _Indexed:

@@ -21,17 +21,35 @@ from kyx.model.layers import param_with_axes
 from kyx.model.transformer import Decoder
 
 
+def _value_head(module: nn.Module, hidden_btd):
+    """w · h_t per position (float32), with w the module's ``value_kernel`` [d]."""
+    h_btd = hidden_btd.astype(jnp.float32)
+    w_d = param_with_axes(module, "value_kernel", nn.initializers.normal(module.cfg.init_std),
+                          (h_btd.shape[-1],), (ax.EMBED,))
+    return jnp.einsum("btd,d->bt", h_btd, w_d, precision=jax.lax.Precision.HIGHEST)
+
+
 class RewardModel(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None):
         _, aux = Decoder(self.cfg, name="backbone")(tokens_bt, segment_ids_bt, positions_bt)
-        h_btd = aux["hidden_btd"].astype(jnp.float32)
-        w_d = param_with_axes(self, "value_kernel", nn.initializers.normal(self.cfg.init_std),
-                              (h_btd.shape[-1],), (ax.EMBED,))
-        values_bt = jnp.einsum("btd,d->bt", h_btd, w_d, precision=jax.lax.Precision.HIGHEST)
-        return values_bt, aux
+        return _value_head(self, aux["hidden_btd"]), aux
+
+
+class PolicyWithValue(nn.Module):
+    """A Decoder policy with a value head on its final hidden states (PPO with a critic that
+    shares the policy's backbone). ``apply`` is a Decoder's (``(logits_btv, aux)``, KV
+    cache included, so it generates like one) with ``aux["values_bt"]`` added; the params
+    have the RewardModel layout (``backbone`` + ``value_kernel``)."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None):
+        logits_btv, aux = Decoder(self.cfg, name="backbone")(tokens_bt, segment_ids_bt,
+                                                             positions_bt, cache)
+        return logits_btv, {**aux, "values_bt": _value_head(self, aux["hidden_btd"])}
 
 
 def last_token_values(values_bt, segment_ids_bt):
@@ -41,5 +59,6 @@ def last_token_values(values_bt, segment_ids_bt):
 
 
 def with_backbone(params, backbone_params):
-    """RewardModel params with the backbone replaced (e.g. by a pretraining run's params)."""
+    """RewardModel / PolicyWithValue params with the backbone replaced (e.g. by a
+    pretraining run's params)."""
     return {**params, "backbone": backbone_params}

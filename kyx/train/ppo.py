@@ -9,10 +9,13 @@ reward on the host) and, inside one jitted step, runs ``rl.epochs`` x ``rl.minib
 updates (ALGORITHMS §9):
 
 * ``ppo``: per-token reward −β·KL(pi_old || ref) + the score at the last token, GAE(γ, λ)
-  against the critic ``value`` (a value-head model initialised from the policy or from a
-  reward-model workdir), whitened advantages, the clipped policy objective and the
+  against value estimates, whitened advantages, the clipped policy objective and the
   clipped value loss; β fixed or adaptive (Ziegler et al., ``rl.kl_target`` > 0). The
-  first ``rl.critic_warmup_steps`` steps update only the critic (Baichuan 2).
+  values come from a separate critic ``value`` (``rl.value=critic``: a value-head model
+  initialised from the policy or from a reward-model workdir) or from a value head on the
+  policy's own backbone (``rl.value=head``: one model, loss + ``rl.value_coef`` x value
+  loss). The first ``rl.critic_warmup_steps`` steps update only the value estimate
+  (Baichuan 2): the critic alone, or the head alone with the backbone frozen.
 * ``grpo``: G samples per prompt, advantages (s − mean) / std within each group, no
   critic, the KL (k3) to the reference added to the loss.
 
@@ -42,7 +45,7 @@ from kyx.data.prompts import PROMPT_AXES, make_prompt_iterator
 from kyx.errors import ConfigError
 from kyx.model.config import ModelConfig
 from kyx.model.params import init_params
-from kyx.model.reward import RewardModel, with_backbone
+from kyx.model.reward import PolicyWithValue, RewardModel, with_backbone
 from kyx.model.transformer import Decoder
 from kyx.objectives import lm
 from kyx.objectives import rl as rl_obj
@@ -54,19 +57,20 @@ from kyx.train.hooks import eval_hook
 from kyx.train.rollout import EXPERIENCE_AXES, Rollout, local_rows, policy_logps
 from kyx.train import state as state_lib
 from kyx.train.state import ModelSpec, model_init_key
-from kyx.train.step import apply_update, compute_grads, make_grad_fn
+from kyx.train.step import apply_update, compute_grads, keep_subtree, make_grad_fn
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-    critic: bool          # trains a value model
+    values: bool          # advantages by GAE against value estimates (a critic or a head)
     kl_in_loss: bool      # KL to the reference in the loss (GRPO) instead of the reward
 
 
 # rl.algorithm -> Algorithm: how advantages are estimated and where the KL goes
 ALGORITHMS = Registry("rl.algorithm")
-ALGORITHMS.register("ppo")(Algorithm(critic=True, kl_in_loss=False))
-ALGORITHMS.register("grpo")(Algorithm(critic=False, kl_in_loss=True))
+ALGORITHMS.register("ppo")(Algorithm(values=True, kl_in_loss=False))
+ALGORITHMS.register("grpo")(Algorithm(values=False, kl_in_loss=True))
+VALUES = ("critic", "head")
 VALUE_INITS = ("policy", "reward")
 
 
@@ -92,8 +96,10 @@ def rl_config() -> ml_collections.ConfigDict:
         "minibatches": 2,            # updates per pass
         "reward_norm": True,         # running mean / std of the scores
         "reward_clip": 5.0,          # |normalised score| cap (0: none)
-        "critic_warmup_steps": 0,    # Baichuan 2: critic-only updates first (~20)
-        "value_init": "policy",      # policy: its backbone + a fresh head; reward: an RM
+        "critic_warmup_steps": 0,    # Baichuan 2: value-only updates first (~20)
+        "value": "critic",           # critic: a separate model; head: on the policy's backbone
+        "value_coef": 0.1,           # value=head: weight of the value loss (TRL: 0.1)
+        "value_init": "policy",      # critic from: policy (its backbone + a fresh head) | reward
         "value_workdir": "",         # value_init=reward: RM workdir ('' = reward.model_workdir)
         "eval_seed": 1234,           # sampling seed of the held-out evaluation
     })
@@ -111,7 +117,7 @@ def algorithm(cfg) -> Algorithm:
     spec = ALGORITHMS.get(cfg.rl.algorithm).fn
     rl = cfg.rl
     rl_obj.KL_ESTIMATORS.get(rl.kl_estimator)
-    if rl.group_size < 1 or (not spec.critic and rl.group_size < 2):
+    if rl.group_size < 1 or (not spec.values and rl.group_size < 2):
         raise ConfigError(f"rl.group_size must be >= 1 (GRPO: >= 2), got {rl.group_size}")
     rows = cfg.data.batch_size * rl.group_size
     if rl.minibatches < 1 or rows % rl.minibatches:
@@ -119,6 +125,11 @@ def algorithm(cfg) -> Algorithm:
                           f"into rl.minibatches={rl.minibatches}")
     if rl.value_init not in VALUE_INITS:
         raise ConfigError(f"rl.value_init must be one of {VALUE_INITS}, got {rl.value_init!r}")
+    if rl.value not in VALUES:
+        raise ConfigError(f"rl.value must be one of {VALUES}, got {rl.value!r}")
+    if rl.critic_warmup_steps and not spec.values:
+        raise ConfigError(f"rl.critic_warmup_steps needs value estimates; "
+                          f"rl.algorithm={rl.algorithm!r} has none")
     if rl.max_new_tokens < 1 or rl.epochs < 1:
         raise ConfigError("rl.max_new_tokens and rl.epochs must be >= 1")
     return spec
@@ -154,14 +165,26 @@ def _critic(cfg, policy: Decoder, policy_init):
     return value, init
 
 
+def _with_head(cfg, policy: PolicyWithValue, init):
+    """The initial policy's params under ``backbone`` plus a seeded fresh value head."""
+    mesh, rules = sharding.mesh_from_config(cfg.mesh)
+    fresh = init_params(policy, model_init_key(cfg.train.seed, 0), mesh, rules)
+    return with_backbone(fresh, init())
+
+
 def build_step(cfg) -> StepSpec:
     spec = algorithm(cfg)
-    policy = Decoder(ModelConfig.from_config(cfg.model))
-    init = posttrain.initial_params_loader(cfg, policy)
+    mcfg = ModelConfig.from_config(cfg.model)
+    decoder = Decoder(mcfg)
+    init = posttrain.initial_params_loader(cfg, decoder)
+    policy, policy_init = decoder, init
+    if spec.values and cfg.rl.value == "head":
+        policy = PolicyWithValue(mcfg)
+        policy_init = functools.partial(_with_head, cfg, policy, init)
     tx, schedule = optim.make_optimizer(cfg.optim, cfg.train.steps)
-    models = {"policy": ModelSpec(policy, tx, init), "ref": ModelSpec(policy, None, init)}
-    if spec.critic:
-        value, value_init = _critic(cfg, policy, init)
+    models = {"policy": ModelSpec(policy, tx, policy_init), "ref": ModelSpec(decoder, None, init)}
+    if spec.values and cfg.rl.value == "critic":
+        value, value_init = _critic(cfg, decoder, init)
         value_tx, _ = optim.make_optimizer(cfg.value_optim, cfg.train.steps)
         models["value"] = ModelSpec(value, value_tx, value_init)
     stats = {"kl_coef": cfg.rl.kl_coef, "reward_count": 0.0, "reward_mean": 0.0,
@@ -181,6 +204,7 @@ def make_step(cfg, spec: Algorithm, models: dict, schedule):
     rl = cfg.rl
     kl_fn = rl_obj.KL_ESTIMATORS.get(rl.kl_estimator).fn
     policy, temp = models["policy"].module, float(rl.temperature)
+    critic, head = "value" in models, spec.values and "value" not in models
 
     def policy_loss(params, mb, ctx):
         logp, fwd = policy_logps(policy, params, mb, temp, ctx.rng, ctx.probes)
@@ -193,10 +217,15 @@ def make_step(cfg, spec: Algorithm, models: dict, schedule):
             ent = _masked_mean(lm.entropy(fwd.out.astype(jnp.float32) / (temp or 1.0)),
                                mb["mask"])
             loss, m = loss - rl.entropy_coef * ent, {**m, "entropy": ent}
+        if head:  # during the warm-up only the value loss trains (the backbone is frozen)
+            vloss, vm = rl_obj.ppo_value_loss(fwd.aux["values_bt"] * mb["mask"], mb["values"],
+                                              mb["returns"], mb["mask"], rl.value_clip)
+            loss = jnp.where(mb["warm"], 0.0, loss) + rl.value_coef * vloss
+            m = {**m, **vm}
         return loss + fwd.aux_loss, {**m, **fwd.metrics}
 
     grads = {"policy": make_grad_fn(policy, policy_loss)}
-    if spec.critic:
+    if critic:
         value = models["value"].module
 
         def value_loss(params, mb, ctx):
@@ -226,14 +255,14 @@ def make_step(cfg, spec: Algorithm, models: dict, schedule):
             score = jnp.clip(score, -rl.reward_clip, rl.reward_clip)
         kl_coef = stats["kl_coef"]
         kl_bt = kl_fn(exp["old_logp"], exp["ref_logp"]) * mask
-        if spec.critic:
+        if spec.values:
             rewards = rl_obj.shaped_rewards(score, kl_bt, mask, 0.0 if spec.kl_in_loss
                                             else kl_coef)
             adv, returns = rl_obj.gae(rewards, exp["values"], mask, rl.gamma, rl.lam)
         else:
             adv = rl_obj.group_advantages(score, rl.group_size)[:, None] * mask
             returns = jnp.zeros_like(adv)
-        if rl.whiten_advantages and spec.critic:
+        if rl.whiten_advantages and spec.values:
             adv = rl_obj.whiten(adv, mask)
         data = {k: exp[k] for k in ("tokens", "targets", "segment_ids", "positions",
                                     "old_logp", "ref_logp", "values")}
@@ -246,16 +275,21 @@ def make_step(cfg, spec: Algorithm, models: dict, schedule):
 
         def minibatch(models_, xs):
             idx, i = xs
-            mb = {**jax.tree.map(lambda x: x[idx], data), "kl_coef": kl_coef}
+            mb = {**jax.tree.map(lambda x: x[idx], data), "kl_coef": kl_coef, "warm": warm}
             key = jax.random.fold_in(rng, 1000 + i)
             out, metrics = dict(models_), {}
-            skip = lambda m: (m, jax.tree.map(jnp.zeros_like, jax.eval_shape(  # noqa: E731
-                lambda: update("policy", m, mb, key)[1])))
-            out["policy"], metrics["policy"] = jax.lax.cond(
-                warm, skip, lambda m: update("policy", m, mb, key), models_["policy"])
-            if spec.critic:
+            if critic:  # warm-up: the policy update is skipped altogether
+                skip = lambda m: (m, jax.tree.map(jnp.zeros_like, jax.eval_shape(  # noqa: E731
+                    lambda: update("policy", m, mb, key)[1])))
+                out["policy"], metrics["policy"] = jax.lax.cond(
+                    warm, skip, lambda m: update("policy", m, mb, key), models_["policy"])
                 out["value"], metrics["value"] = update("value", models_["value"], mb,
                                                         jax.random.fold_in(key, 1))
+            else:
+                out["policy"], metrics["policy"] = update("policy", models_["policy"], mb, key)
+                if head:  # warm-up: the head moves, the backbone (the policy) does not
+                    out["policy"] = keep_subtree(out["policy"], models_["policy"], "backbone",
+                                                 warm)
             return out, {k: v for part in metrics.values() for k, v in part.items()}
 
         trained = {n: state.models[n] for n in grads}
@@ -312,7 +346,6 @@ def _process_sum(sums: dict) -> dict:
 
 
 def build(cfg) -> Trainer:
-    spec = algorithm(cfg)
     step = build_step(cfg)
     records, tokenizer, template = posttrain.prepare(cfg, "sft")
     mesh, rules = sharding.mesh_from_config(cfg.mesh)
@@ -345,6 +378,7 @@ def build(cfg) -> Trainer:
                                                    group_size=cfg.rl.group_size, **split),
         batch_axes=axes,
         sequences_per_row=cfg.rl.group_size * seq / cfg.data.seq_len,
-        flops_factor=(2.0 if spec.critic else 1.0) * cfg.rl.epochs, tokenizer=tokenizer,
+        flops_factor=(2.0 if "value" in step.models else 1.0) * cfg.rl.epochs,
+        tokenizer=tokenizer,
         hooks=hooks, rollout=rollout, rollout_axes=PROMPT_AXES,
         batch_rows=rows)

@@ -6,7 +6,7 @@
 1. one jitted call: ``generate_padded`` (temperature / top-k / top-p, stops at the chat
    template's end of turn), then full forward passes over prompt + response of the
    policy (``old_logp``, at the sampling temperature), the frozen ``ref`` (``ref_logp``)
-   and the critic, if any (``values``);
+   and the critic or the policy's value head, if any (``values``);
 2. on the host, per process and only for its own rows: responses decoded to text and
    scored by the reward (kyx/rewards), which may run its own models on the mesh.
 
@@ -111,9 +111,9 @@ class Rollout:
         seq = assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen["tokens"],
                        response_len, self.pad_id)
         t = float(self.cfg.temperature)
-        old_logp, _ = policy_logps(self.policy, params["policy"], seq, t)
+        old_logp, fwd = policy_logps(self.policy, params["policy"], seq, t)
         ref_logp, _ = policy_logps(self.ref, params["ref"], seq, t)
-        values = jnp.zeros_like(old_logp)
+        values = fwd.aux.get("values_bt", jnp.zeros_like(old_logp)) * seq["mask"]  # a head
         if self.value is not None:
             values = forward_with_aux(self.value, params["value"], seq).out * seq["mask"]
         i_bt = jnp.clip(seq["positions"] - prompts["prompt_lengths"][:, None] + 1, 0, n - 1)

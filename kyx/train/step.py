@@ -87,6 +87,15 @@ def apply_update(model: ModelState, grads, loss, tx: optax.GradientTransformatio
     return new, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
 
 
+def keep_subtree(new, old, key: str, keep: jax.Array):
+    """``new`` with every leaf under the dict key ``key`` taken from ``old`` where the traced
+    bool ``keep`` holds (params and optimizer moments alike; e.g. a frozen backbone)."""
+    def pick(path, n, o):
+        inside = any(getattr(k, "key", None) == key for k in path)
+        return jnp.where(keep, o, n) if inside else n
+    return jax.tree_util.tree_map_with_path(pick, new, old)
+
+
 def frozen_params(state: TrainState, trained: str) -> dict:
     """Params of every model but ``trained``, with gradients stopped."""
     return {n: jax.lax.stop_gradient(m.params) for n, m in state.models.items() if n != trained}

@@ -160,3 +160,26 @@ def wait_for_step():
 def losses():
     """losses(workdir) -> {step: train/loss} from metrics.jsonl."""
     return _losses
+
+
+@pytest.fixture
+def kill_and_resume(train_process, wait_for_step):
+    """kill_and_resume(name, root, args, kill_after) -> (uninterrupted dir, resumed dir):
+    configs/<name>.py:tiny run once to the end, and once killed with SIGKILL after step
+    `kill_after` and run again on its workdir (which must report the resume)."""
+    import signal
+
+    def run(name, root, args, kill_after):
+        ref, killed = root / "ref", root / "killed"
+        proc = train_process(name, ref, args)
+        assert proc.wait() == 0, proc.stdout.read()
+        proc = train_process(name, killed, args)
+        wait_for_step(killed, kill_after, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        resumed = train_process(name, killed, args)
+        out, _ = resumed.communicate()
+        assert resumed.returncode == 0, out
+        assert "resumed from" in out
+        return ref, killed
+    return run

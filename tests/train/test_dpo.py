@@ -143,24 +143,13 @@ def test_new_preference_loss_is_one_registration(post_overrides, pretrained, pos
 
 
 @pytest.mark.slow
-def test_dpo_sigkill_resume_is_bit_exact(post_overrides, pretrained, tmp_path, train_process,
-                                         wait_for_step, losses):
+def test_dpo_sigkill_resume_is_bit_exact(post_overrides, pretrained, tmp_path, kill_and_resume,
+                                         losses):
     """A post-training run with a frozen reference in its state: kill -9 after step 6
     (checkpoint 4 committed), resume, and the per-step losses equal an uninterrupted run."""
-    import signal
-
     args = post_overrides + [f"init_from={pretrained}", "train.steps=8", "checkpoint.every=4",
                              "train.eval_every=100", "optim.lr=1e-3"]
-    ref = train_process("dpo", tmp_path / "ref", args)
-    assert ref.wait() == 0, ref.stdout.read()
-    proc = train_process("dpo", tmp_path / "killed", args)
-    wait_for_step(tmp_path / "killed", 6, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = train_process("dpo", tmp_path / "killed", args)
-    out, _ = resumed.communicate()
-    assert resumed.returncode == 0, out
-    assert "resumed from" in out
-    got = losses(tmp_path / "killed")
+    ref, killed = kill_and_resume("dpo", tmp_path, args, 6)
+    got = losses(killed)
     assert sorted(got) == list(range(1, 9))
-    assert got == losses(tmp_path / "ref")
+    assert got == losses(ref)

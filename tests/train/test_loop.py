@@ -29,19 +29,10 @@ def _losses(workdir):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp_path,
-                                                             train_process, wait_for_step):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    args = fast_overrides + ["train.steps=14"]
-    ref = train_process("pretrain", ref_dir, args)
-    assert ref.wait() == 0, ref.stdout.read()
-    proc = train_process("pretrain", killed_dir, args)
-    wait_for_step(killed_dir, 10, proc)  # checkpoint 8 is committed (sync saves)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = train_process("pretrain", killed_dir, args)
-    out, _ = resumed.communicate()
-    assert resumed.returncode == 0, out
-    assert "resumed from" in out
+                                                             kill_and_resume):
+    # killed after step 10: checkpoint 8 is committed (sync saves)
+    ref_dir, killed_dir = kill_and_resume("pretrain", tmp_path, fast_overrides +
+                                          ["train.steps=14"], 10)
     ref_losses, got = _losses(ref_dir), _losses(killed_dir)
     assert sorted(got) == list(range(1, 15))
     assert got == ref_losses  # bit-exact per-step losses

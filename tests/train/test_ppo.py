@@ -3,7 +3,6 @@ leaves the policy bit-identical, 8 devices equal 1 for a PPO and a GRPO step, a 
 initialised from a reward model, ExCP, and kill -9 mid-PPO resumes exactly."""
 import json
 import math
-import signal
 
 import jax
 import numpy as np
@@ -56,16 +55,19 @@ def test_sampled_logprobs_equal_full_forward_and_rewards_are_recorded(rl_config)
     assert set(np.unique(exp["score"])) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("name", ["ppo", "grpo"])
-def test_rl_step_eight_devices_equal_one(name, rl_config, eight_vs_one):
+@pytest.mark.parametrize("name,extra", [("ppo", []), ("grpo", []), ("ppo", ["rl.value=head"])],
+                         ids=["ppo", "grpo", "ppo_value_head"])
+def test_rl_step_eight_devices_equal_one(name, extra, rl_config, eight_vs_one):
     # a reward that varies with the response (a fresh tiny policy never writes valid code,
     # and all-equal scores leave only rounding noise for Adam to amplify)
     trainer = registry.build(rl_config(name, ["rl.epochs=2", "rl.minibatches=2",
-                                              "reward.terms=length", "reward.max_chars=8"]))
+                                              "reward.terms=length", "reward.max_chars=8",
+                                              *extra]))
     batches = experience(trainer, 2)
     (m1, _), _ = eight_vs_one(trainer, batches, ("dp", "fsdp", "fsdp_tp"))
     assert all(math.isfinite(m["loss"]) for m in m1)
-    assert ("value/loss" in m1[0]) == (name == "ppo")
+    assert ("value/loss" in m1[0]) == (name == "ppo" and not extra)
+    assert ("policy/value_loss" in m1[0]) == bool(extra)
 
 
 def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
@@ -137,22 +139,12 @@ def _rows(workdir):
 
 @pytest.mark.slow
 def test_ppo_sigkill_resume_reproduces_uninterrupted_metrics(post_overrides, pretrained,
-                                                             tmp_path, train_process,
-                                                             wait_for_step):
+                                                             tmp_path, kill_and_resume):
     args = post_overrides + RL + [f"init_from={pretrained}", "train.steps=6",
                                   "checkpoint.every=2", "train.eval_every=100",
                                   "rl.critic_warmup_steps=1"]
-    ref = train_process("ppo", tmp_path / "ref", args)
-    assert ref.wait() == 0, ref.stdout.read()
-    proc = train_process("ppo", tmp_path / "killed", args)
-    wait_for_step(tmp_path / "killed", 5, proc)   # checkpoint 4 is committed
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = train_process("ppo", tmp_path / "killed", args)
-    out, _ = resumed.communicate()
-    assert resumed.returncode == 0, out
-    assert "resumed from" in out
-    got, want = _rows(tmp_path / "killed"), _rows(tmp_path / "ref")
+    ref, killed = kill_and_resume("ppo", tmp_path, args, 5)  # checkpoint 4 is committed
+    got, want = _rows(killed), _rows(ref)
     assert sorted(got) == list(range(1, 7))
     for s in want:
         assert got[s] == want[s], s  # every train metric, bit-exact
@@ -204,3 +196,33 @@ def test_ai_judge_scores_by_the_answer_probability(pretrained):
         z = model.logits(judge.ids(p, r))[0, -1]
         np.testing.assert_allclose(g, 1 / (1 + np.exp(z[no] - z[yes])), atol=1e-5)
     assert np.all((got > 0) & (got < 1))
+
+
+@pytest.mark.slow
+def test_value_head_warmup_freezes_the_backbone_and_kyx_load_reads_the_policy(rl_config,
+                                                                            tmp_path):
+    """rl.value=head: the values come from the policy's own backbone; during the warm-up
+    only the head moves; kyx.load of the run gives the policy (the backbone) as a Decoder."""
+    import kyx
+    cfg = rl_config("ppo", ["rl.value=head", "rl.critic_warmup_steps=2", "train.steps=3",
+                            "checkpoint.every=1", "reward.terms=length",
+                            "reward.max_chars=8", "train.eval_every=100"])
+    loop.run(registry.build(cfg), str(tmp_path))
+    from kyx.checkpoint.manager import Checkpointer
+    from kyx.model.reward import PolicyWithValue
+    from kyx.checkpoint.workdir import load_params
+    mesh, rules = sharding.single_device_mesh(), sharding.get_rules("dp")
+    module = PolicyWithValue(kyx.load(str(tmp_path)).model.cfg)
+    params = {s: _host(load_params(str(tmp_path), module, mesh, rules, s))
+              for s in Checkpointer(str(tmp_path / "checkpoints"), read_only=True).steps()}
+    steps = sorted(params)
+    assert steps[-1] == 3
+    first, warm_end, last = params[steps[0]], params[2], params[3]
+    same = lambda a, b: all(np.array_equal(x, y)  # noqa: E731
+                            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert same(first["backbone"], warm_end["backbone"])          # frozen in the warm-up
+    assert not np.array_equal(first["value_kernel"], warm_end["value_kernel"])
+    assert not same(warm_end["backbone"], last["backbone"])       # then the policy moves
+    loaded = kyx.load(str(tmp_path))
+    assert same(_host(loaded.params), last["backbone"])
+    assert isinstance(loaded.generate("def f(", max_tokens=4, temperature=0.0), str)
