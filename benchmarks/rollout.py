@@ -25,7 +25,7 @@ from kyx import config as config_lib  # noqa: E402
 from kyx import sharding  # noqa: E402
 from kyx.train import registry  # noqa: E402
 from kyx.train import state as state_lib  # noqa: E402
-from kyx.train.rollout import local_rows  # noqa: E402
+from kyx.train.sampling import local_rows  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {  # model dims of configs/pretrain.py's presets; batch 8 prompts
@@ -56,7 +56,7 @@ def bench(size: str, algorithm: str, steps: int, new_tokens: int) -> dict:
             t0 = time.perf_counter()
             exp = jax.block_until_ready(rollout._experience(params, prompts, jax.random.key(i)))
             t1 = time.perf_counter()
-            texts = rollout.texts(local_rows(exp.pop("_response")), local_rows(exp.pop("_lengths")))
+            texts = rollout.sampler.texts(local_rows(exp.pop("_response")), local_rows(exp.pop("_lengths")))
             total, parts = rollout.score(local_rows(exp["index"]), texts, "train")
             exp["score"] = jax.device_put(total, b_sh["score"])
             for name, v in parts.items():

@@ -19,17 +19,15 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from kyx import config as config_lib  # noqa: E402
-from kyx import sharding  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
 from kyx.commands import upcycle  # noqa: E402
 from kyx.train import loop, registry  # noqa: E402
+from kyx.train.evaluation import trainer_eval  # noqa: E402
 
 KEYS = {"rm": ("eval/accuracy", "eval/margin", "eval/loss", "eval/accuracy_strength2",
                "eval/accuracy_strength3"),
@@ -45,18 +43,8 @@ def load(name, overrides):
 
 def initial_eval(trainer) -> dict:
     """The trainer's eval metrics at its starting params (before any update)."""
-    cfg = trainer.config
-    mesh, rules = sharding.mesh_from_config(cfg.mesh)
     params = {name: spec.init() for name, spec in trainer.models.items() if spec.init}
-    batch_sh = {k: sharding.named_sharding(v, mesh, rules) for k, v in trainer.batch_axes.items()}
-    fn = jax.jit(trainer.eval_fn)
-    sums = None
-    with sharding.use_mesh(mesh, rules):
-        for b in trainer.eval_batches():
-            dev = {k: jax.make_array_from_process_local_data(batch_sh[k], v) for k, v in b.items()}
-            out = jax.device_get(fn(params, dev))
-            sums = out if sums is None else jax.tree.map(np.add, sums, out)
-    return trainer.summarize_eval(sums)[0]
+    return trainer_eval(trainer, params)[0]
 
 
 def stage(name, workdir, overrides, log):

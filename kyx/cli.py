@@ -1,4 +1,4 @@
-"""Command line: `kyx train | sample | excp | convert | upcycle`.
+"""Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
@@ -6,6 +6,8 @@
     kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
     kyx convert --from-hf HF_DIR --workdir OUT | --to-hf --workdir DIR --out HF_DIR
     kyx upcycle --workdir DENSE --out MOE --num-experts E [--noise S]
+    kyx rejection-sample --policy DIR --prompts FILE|mined --n 8 --out FILE [--reward T]
+    kyx iterate --config configs/iterate.py:tiny --workdir DIR --config.policy=SFT_DIR
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ COMMANDS = {
     "excp": "kyx.commands.excp",
     "convert": "kyx.commands.convert",
     "upcycle": "kyx.commands.upcycle",
+    "rejection-sample": "kyx.commands.rejection_sample",
+    "iterate": "kyx.commands.iterate",
 }
 
 

@@ -24,6 +24,8 @@ LAYERS = {
                     "kyx.interop"},
     "kyx.train": {"kyx.config", "kyx.sharding", "kyx.metrics", "kyx.objectives", "kyx.model",
                   "kyx.data", "kyx.checkpoint", "kyx.interop", "kyx.rewards"},
+    "kyx.alignment": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint",
+                      "kyx.interop", "kyx.rewards", "kyx.train"},
     "kyx.api": {"kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint", "kyx.interop",
                 "kyx.train"},
 }

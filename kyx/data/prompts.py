@@ -38,18 +38,25 @@ def prompt_ids(template: chat.ChatTemplate, prompt: str, system: str, max_len: i
     return ids, truncated
 
 
+def prompt_row(template: chat.ChatTemplate, prompt: str, system: str, seq_len: int,
+               index: int) -> tuple[dict, bool]:
+    """(one batch row, truncated): the padded generation input of a prompt."""
+    ids, truncated = prompt_ids(template, prompt, system, seq_len)
+    tokens = np.full(seq_len, template.tokenizer.pad_id, np.int32)
+    tokens[:len(ids)] = ids
+    return {"prompt_tokens": tokens, "prompt_lengths": np.int32(len(ids)),
+            "index": np.int32(index)}, truncated
+
+
 class PromptExample(grain.transforms.Map):
     def __init__(self, template, seq_len: int, system: str, stats: Stats):
         self.template, self.seq_len, self.system, self.stats = template, seq_len, system, stats
 
     def map(self, rec):
-        ids, truncated = prompt_ids(self.template, rec["prompt"],
-                                    rec.get("system") or self.system, self.seq_len)
+        row, truncated = prompt_row(self.template, rec["prompt"],
+                                    rec.get("system") or self.system, self.seq_len, rec["index"])
         self.stats.add(1, int(truncated))
-        tokens = np.full(self.seq_len, self.template.tokenizer.pad_id, np.int32)
-        tokens[:len(ids)] = ids
-        return {"prompt_tokens": tokens, "prompt_lengths": np.int32(len(ids)),
-                "index": np.int32(rec["index"])}
+        return row
 
 
 class PromptBatch:

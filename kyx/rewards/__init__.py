@@ -121,5 +121,7 @@ def _judge(cfg, mesh, rules):
         raise ConfigError("reward term 'judge' needs reward.judge.source (a kyx workdir or a "
                           "Hugging Face model directory)")
     j = cfg.judge
+    if "{response}" not in j.prompt:
+        raise ConfigError("reward.judge.prompt must contain {response} (and usually {prompt})")
     return AIJudge(j.source, j.prompt, j.positive, j.negative, mesh, rules, cfg.batch_size,
                    cfg.max_len, chat=j.chat)

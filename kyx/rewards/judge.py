@@ -23,9 +23,6 @@ class AIJudge:
     def __init__(self, source: str, prompt: str, positive: str = "Yes", negative: str = "No",
                  mesh=None, rules=None, batch_size: int = 32, max_len: int = 256,
                  chat: bool = False):
-        if "{response}" not in prompt:
-            raise ConfigError("reward.judge.prompt must contain {response} (and usually "
-                              "{prompt})")
         mesh = mesh or sharding.single_device_mesh()
         rules = sharding.get_rules(rules or "dp")
         model = Decoder(sources.model_config(source))
@@ -56,13 +53,20 @@ class AIJudge:
                     return int(i)
         raise ConfigError(f"the judge's tokenizer has no token for the answer {answer!r}")
 
-    def ids(self, prompt: str, response: str) -> list[int]:
-        text = self.prompt.format(prompt=prompt, response=response)
+    def ids_of(self, text: str) -> list[int]:
+        """Token ids of a filled-in rubric (a user turn with ``chat``)."""
         if self.template is not None:
             return self.template.prompt_ids(text)
         bos = self.tokenizer.bos_id
         return ([] if bos is None else [bos]) + list(self.tokenizer.encode(text))
 
+    def ids(self, prompt: str, response: str) -> list[int]:
+        return self.ids_of(self.prompt.format(prompt=prompt, response=response))
+
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """p(positive) / (p(positive) + p(negative)) after each filled-in rubric."""
+        return self.scorer([left_cut(self.ids_of(t), self.max_len) for t in texts])
+
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        return self.scorer([left_cut(self.ids(p, r), self.max_len)
-                            for p, r in zip(prompts, responses)])
+        return self.score_texts([self.prompt.format(prompt=p, response=r)
+                                 for p, r in zip(prompts, responses)])

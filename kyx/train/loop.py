@@ -16,7 +16,6 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kyx import config as config_lib
@@ -28,6 +27,7 @@ from kyx.logs import get_logger
 from kyx.train import state as state_lib
 from kyx.train.base import Trainer
 from kyx.train.checkpointing import RunCheckpoints
+from kyx.train.evaluation import trainer_eval
 from kyx.train.hooks import build_hooks
 
 log = get_logger(__name__)
@@ -227,16 +227,11 @@ class Run:
                               force=force)
 
     def evaluate(self) -> dict:
-        """The eval pass over ``trainer.eval_batches()``: sums reduced on device, then
-        ``summarize_eval`` (array statistics are appended to eval_stats.jsonl)."""
+        """The eval pass over ``trainer.eval_batches()`` (kyx/train/evaluation.py); array
+        statistics are appended to eval_stats.jsonl."""
         params = {n: m.params for n, m in self.state.models.items()}
-        sums = None
-        for batch in self.trainer.eval_batches():
-            out = self.eval_fn(params, self.global_batch(batch))
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        if sums is None:
-            return {}
-        metrics, artifacts = self.trainer.summarize_eval(jax.device_get(sums))
+        metrics, artifacts = trainer_eval(self.trainer, params, self.mesh, self.rules,
+                                          self.eval_fn)
         if artifacts:
             with open(os.path.join(self.workdir, "eval_stats.jsonl"), "a") as f:
                 f.write(json.dumps({"step": self.step, **artifacts}) + "\n")

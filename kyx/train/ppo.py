@@ -54,7 +54,8 @@ from kyx.train import optim, posttrain
 from kyx.train.base import StepSpec, Trainer, make_trainer
 from kyx.train.forward import forward_with_aux
 from kyx.train.hooks import eval_hook
-from kyx.train.rollout import EXPERIENCE_AXES, Rollout, local_rows, policy_logps
+from kyx.train.rollout import EXPERIENCE_AXES, Rollout, policy_logps
+from kyx.train.sampling import local_rows
 from kyx.train import state as state_lib
 from kyx.train.state import ModelSpec, model_init_key
 from kyx.train.step import apply_update, compute_grads, keep_subtree, make_grad_fn
@@ -327,7 +328,7 @@ def evaluate_policy(rollout: Rollout, params, batches, seed: int) -> dict:
             jax.random.key(seed), i), "validation")
         w = local_rows(prompts["weight"])
         values = {"reward": total, "response_len": lengths,
-                  "stopped": (lengths < rollout.cfg.max_new_tokens).astype(np.float32),
+                  "stopped": (lengths < rollout.sampler.max_new_tokens).astype(np.float32),
                   **{f"reward/{k}": v for k, v in parts.items()}}
         for k, v in {**values, "n": np.ones_like(w)}.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v, np.float64) * w))

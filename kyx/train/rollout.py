@@ -25,9 +25,9 @@ import numpy as np
 from kyx import axes as ax
 from kyx import sharding
 from kyx.data.prompts import PROMPT_AXES
-from kyx.model.decode import generate_padded
 from kyx.objectives.sft import token_logps
 from kyx.train.forward import forward_with_aux
+from kyx.train.sampling import Sampler, local_rows
 
 SEQUENCE_KEYS = ("tokens", "targets", "segment_ids", "positions", "mask")
 EXPERIENCE_AXES = {**{k: ax.BT for k in SEQUENCE_KEYS + (
@@ -64,14 +64,6 @@ def policy_logps(model, params, seq: dict, temperature: float, rng=None, probes=
     return token_logps(logits, seq["targets"]) * seq["mask"], fwd
 
 
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in global row order."""
-    if jax.process_count() == 1:
-        return np.asarray(jax.device_get(x))
-    shards = sorted({s.index[0].start or 0: s for s in x.addressable_shards}.items())
-    return np.concatenate([np.asarray(s.data) for _, s in shards])
-
-
 class Rollout:
     """Experience from prompts; see the module docstring. ``models``: the trainer's model
     specs (``policy``, ``ref``, optional ``value``); ``prompt_text(split, index)`` gives a
@@ -80,7 +72,7 @@ class Rollout:
     def __init__(self, rl_cfg, models: dict, shardings, mesh, rules, tokenizer, stop_id: int,
                  reward, prompt_text, split: str = "train"):
         self.cfg, self.mesh, self.rules = rl_cfg, mesh, rules
-        self.tokenizer, self.stop_id, self.pad_id = tokenizer, stop_id, tokenizer.pad_id
+        self.pad_id = tokenizer.pad_id
         self.reward, self.prompt_text, self.split = reward, prompt_text, split
         self.policy, self.ref = models["policy"].module, models["ref"].module
         self.value = models["value"].module if "value" in models else None
@@ -90,21 +82,16 @@ class Rollout:
                        for k, v in EXPERIENCE_AXES.items()}
         out_sh = {k: v for k, v in self.exp_sh.items() if k != "score"}
         out_sh.update(_response=self.exp_sh["tokens"], _lengths=self.exp_sh["weight"])
+        self.sampler = Sampler(self.policy, p_sh["policy"], mesh, rules, tokenizer, stop_id,
+                               max_new_tokens=rl_cfg.max_new_tokens,
+                               temperature=rl_cfg.temperature, top_k=rl_cfg.top_k,
+                               top_p=rl_cfg.top_p)
         self._experience = jax.jit(self._experience_fn, in_shardings=(p_sh, prompt_sh, None),
                                    out_shardings=out_sh)
-        self._generate = jax.jit(self._generate_fn, in_shardings=(p_sh["policy"], prompt_sh,
-                                                                   None))
 
     # ------------------------------------------------------------------ device
-    def _generate_fn(self, params, prompts, rng):
-        c = self.cfg
-        return generate_padded(self.policy, params, prompts["prompt_tokens"],
-                               prompts["prompt_lengths"], rng, max_new_tokens=c.max_new_tokens,
-                               temperature=float(c.temperature), top_k=int(c.top_k),
-                               top_p=float(c.top_p), eos_id=self.stop_id, return_logprobs=True)
-
     def _experience_fn(self, params, prompts, rng):
-        gen = self._generate_fn(params["policy"], prompts, rng)
+        gen = self.sampler.generate_fn(params["policy"], prompts, rng)
         n = self.cfg.max_new_tokens
         stopped = gen["lengths"] < n                 # the end of turn was sampled
         response_len = gen["lengths"] + stopped.astype(jnp.int32)
@@ -125,10 +112,6 @@ class Rollout:
                 "_response": gen["tokens"], "_lengths": gen["lengths"]}
 
     # ------------------------------------------------------------------ host
-    def texts(self, tokens_bn: np.ndarray, lengths_b: np.ndarray) -> list[str]:
-        return [self.tokenizer.decode(tokens_bn[i, :lengths_b[i]].tolist())
-                for i in range(len(lengths_b))]
-
     def score(self, index_b: Sequence[int], responses: Sequence[str], split: str):
         prompts = [self.prompt_text(split, int(i)) for i in index_b]
         return self.reward(prompts, responses)
@@ -137,7 +120,8 @@ class Rollout:
         params = {n: m.params for n, m in state.models.items()}
         with sharding.use_mesh(self.mesh, self.rules):
             exp = self._experience(params, prompts, rng)
-        responses = self.texts(local_rows(exp.pop("_response")), local_rows(exp.pop("_lengths")))
+        responses = self.sampler.texts(local_rows(exp.pop("_response")),
+                                       local_rows(exp.pop("_lengths")))
         total, parts = self.score(local_rows(exp["index"]), responses, self.split)
         put = lambda v: jax.make_array_from_process_local_data(  # noqa: E731
             self.exp_sh["score"], np.asarray(v, np.float32))
@@ -148,10 +132,7 @@ class Rollout:
 
     def sample(self, params, prompts: dict, rng, split: str):
         """(responses as text, total scores, {term: scores}, response lengths) for this
-        process's rows: evaluation and rejection sampling."""
-        with sharding.use_mesh(self.mesh, self.rules):
-            gen = self._generate(params, prompts, rng)
-        lengths = local_rows(gen["lengths"])
-        responses = self.texts(local_rows(gen["tokens"]), lengths)
+        process's rows: evaluation."""
+        responses, lengths = self.sampler(params, prompts, rng)
         total, parts = self.score(local_rows(prompts["index"]), responses, split)
         return responses, total, parts, lengths

@@ -12,7 +12,7 @@ import pytest
 
 from kyx import config as config_lib
 from kyx import sharding
-from kyx.train import loop, pretrain
+from kyx.train import loop, pretrain, registry
 from kyx.train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,6 +47,15 @@ def pretrained(fast_overrides, tmp_path_factory):
     cfg = config_lib.load(config_path("pretrain") + ":tiny",
                           fast_overrides + LONGER + ["train.steps=4"])
     loop.run(pretrain.build(cfg), str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def reward_model(post_overrides, pretrained, post_config, tmp_path_factory):
+    """A 2-step tiny reward-model workdir (configs/rm.py) on the pretrained model."""
+    workdir = tmp_path_factory.mktemp("rm")
+    cfg = post_config("rm", post_overrides + [f"init_from={pretrained}", "train.steps=2"])
+    loop.run(registry.build(cfg), str(workdir))
     return str(workdir)
 
 

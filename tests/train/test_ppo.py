@@ -101,14 +101,6 @@ def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
     assert not same(seen[2][0]["policy"].params, start["policy"].params)
 
 
-@pytest.fixture(scope="module")
-def reward_model(post_overrides, pretrained, post_config, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("rm")
-    cfg = post_config("rm", post_overrides + [f"init_from={pretrained}", "train.steps=2"])
-    loop.run(registry.build(cfg), str(workdir))
-    return str(workdir)
-
-
 def test_critic_from_a_reward_model_and_rm_reward(rl_config, reward_model):
     from kyx.checkpoint.workdir import load_params
     from kyx.rewards.reward_model import RewardModelScorer
