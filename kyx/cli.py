@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     try:
         return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     except KyxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{e.label}: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

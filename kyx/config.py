@@ -20,8 +20,11 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from kyx.errors import ConfigError
-from kyx.fileio import atomic_write
+from kyx.errors import ConfigError, IntegrityError
+from kyx.fileio import atomic_write, read_checked
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -304,23 +307,61 @@ def dump(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_dict(cfg), sort_keys=True, indent=2) + "\n"
-    atomic_write(path, text)
+    atomic_write(path, text, checksum=True)  # load_json verifies it
     return path
 
 
 def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """Read a config written by `dump`. JSON arrays come back as tuples (the ml_collections
-    convention), so `to_dict(load_json(p)) == to_dict(cfg)` for any dumped `cfg`."""
+    convention), so `to_dict(load_json(p)) == to_dict(cfg)` for any dumped `cfg`.
+
+    A damaged (e.g. truncated) workdir ``config.json`` falls back, with a warning, to the
+    copy of the resolved config stored with the newest readable checkpoint."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_checked(path).decode("utf-8"))
+        problem = None if isinstance(data, dict) else (
+            f"must hold an object, got {type(data).__name__}")
     except FileNotFoundError:
         raise ConfigError(f"config JSON {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config JSON {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config JSON {path} must hold an object, got {type(data).__name__}")
+    except IntegrityError as e:  # valid JSON, maybe, but not the bytes that were written
+        problem = f"is damaged ({e})"
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError: truncated or damaged
+        problem = f"is not valid JSON (truncated or damaged?): {e}"
+    if problem:
+        data = _stored_config(path, problem)
     return ml_collections.ConfigDict(_tuplify(data))
+
+
+STORED_CONFIG = "checkpoints/<step>/config/metadata"
+
+
+def _stored_config(path: Path, problem: str) -> dict:
+    """The resolved config every checkpoint of a workdir stores next to its state, from
+    the newest step whose copy reads; else a ConfigError saying where copies live."""
+    message = f"config JSON {path} {problem}"
+    if path.name != "config.json":
+        raise ConfigError(message)
+    root = path.parent / "checkpoints"
+    steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()),
+                   reverse=True) if root.is_dir() else []
+    for step in steps:
+        stored = root / str(step) / "config" / "metadata"
+        try:
+            data = json.loads(stored.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            log.warning("%s; using the resolved config stored with checkpoint %d (%s) "
+                        "instead (the next `kyx train` on this workdir rewrites config.json)",
+                        message, step, stored)
+            return data
+    found = (f"none of steps {steps} under {root} has a readable copy" if steps else
+             f"there is no checkpoint under {root}")
+    raise ConfigError(
+        f"{message}. It holds the workdir's resolved config, of which each checkpoint stores "
+        f"a copy in {STORED_CONFIG}; {found}. Restore config.json (a checkpoint's copy is the "
+        "same JSON) or rerun `kyx train` on this workdir with the run's --config")
 
 
 def _tuplify(value: Any) -> Any:

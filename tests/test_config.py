@@ -173,6 +173,53 @@ def test_load_json_errors(tmp_path):
         config.load_json(tmp_path / "bad.json")
 
 
+def _workdir(tmp_path, steps=()):
+    """A workdir whose config.json is cut mid-way (and mid-character: a non-ASCII value),
+    with a stored config next to each checkpoint step (as Orbax writes it)."""
+    resolved = {"model": {"d_model": 32}, "trainer": "pretrain",
+                "data": {"records": {"system": "caf\u00e9 \u00e9t\u00e9"}}}
+    work = tmp_path / "work"
+    work.mkdir()
+    text = json.dumps(resolved, ensure_ascii=False).encode()
+    cut = text.index("\u00e9".encode()) + 1  # inside the 2-byte UTF-8 of the first é
+    (work / "config.json").write_bytes(text[:cut])
+    for step in steps:
+        meta = work / "checkpoints" / str(step) / "config"
+        meta.mkdir(parents=True)
+        stored = dict(resolved, model={"d_model": step})
+        (meta / "metadata").write_text(json.dumps(stored))
+    return work
+
+
+def test_truncated_workdir_config_names_file_and_stored_copies(tmp_path):
+    work = _workdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        config.load_json(work / "config.json")
+    text = str(e.value)
+    assert str(work / "config.json") in text and "not valid JSON" in text
+    assert "checkpoints/<step>/config/metadata" in text
+
+
+def test_truncated_workdir_config_falls_back_to_newest_checkpoint_config(tmp_path, capsys):
+    work = _workdir(tmp_path, steps=(4, 12))
+    (work / "checkpoints" / "12" / "config" / "metadata").write_text('{"model": ')  # damaged
+    cfg = config.load_json(work / "config.json")
+    assert cfg.model.d_model == 4 and cfg.data.records.system == "caf\u00e9 \u00e9t\u00e9"
+    out = capsys.readouterr().out
+    assert "WARNING" in out and str(work / "config.json") in out
+    assert str(work / "checkpoints" / "4" / "config" / "metadata") in out
+
+
+def test_truncated_workdir_config_through_the_cli(tmp_path, capsys):
+    from kyx.cli import main as cli_main
+
+    work = _workdir(tmp_path)
+    code = cli_main(["sample", "--workdir", str(work), "--prompt", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "config.json" in err and "checkpoints/<step>/config/metadata" in err
+
+
 def test_lock_returns_locked_copy(cfg_file):
     cfg = config.load(str(cfg_file))
     locked = config.lock(cfg)

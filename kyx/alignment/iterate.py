@@ -31,6 +31,7 @@ import copy
 import json
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -38,6 +39,7 @@ from kyx import config as config_lib
 from kyx import rewards as rewards_lib
 from kyx import sharding
 from kyx.alignment import preferences, rejection
+from kyx.checkpoint.workdir_lock import WorkdirLock
 from kyx.alignment.evaluate import evaluate
 from kyx.alignment.policy import Policy
 from kyx.data import preference as data_pref
@@ -102,9 +104,15 @@ class Driver:
             raise ConfigError("pairs.source=judge needs judge.source (a kyx / HF model, or "
                               "'policy' for self-rewarding)")
         self.mesh, self.rules = sharding.mesh_from_config(cfg.mesh)
-        os.makedirs(workdir, exist_ok=True)
-        self.state_path = os.path.join(workdir, "state.json")
-        self.state = self._load_state()
+        self.lock = WorkdirLock(workdir, "iterate")  # one driver per workdir, until run() ends
+        if jax.process_index() == 0:
+            self.lock.acquire()
+        try:
+            self.state_path = os.path.join(workdir, "state.json")
+            self.state = self._load_state()
+        except BaseException:
+            self.lock.release()
+            raise
 
     # ------------------------------------------------------------------ state
     def _load_state(self) -> dict:
@@ -274,11 +282,14 @@ class Driver:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> list[dict]:
-        self.phase(0, "eval_start", lambda: self.evaluate(0))
-        for k in range(self.cfg.rounds):
-            self.run_round(k)
-        self.report()
-        return self.results()
+        try:
+            self.phase(0, "eval_start", lambda: self.evaluate(0))
+            for k in range(self.cfg.rounds):
+                self.run_round(k)
+            self.report()
+            return self.results()
+        finally:
+            self.lock.release()
 
     def results(self) -> list[dict]:
         done = self.state["done"]

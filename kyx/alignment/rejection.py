@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from kyx.data.records import parse_prompt_line
 from kyx.errors import DataError
 from kyx.fileio import atomic_write
 from kyx.logs import get_logger
@@ -29,22 +30,15 @@ def read_prompts(path: str, limit: int = 0) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"prompts file {path!r} does not exist (JSONL of {{\"prompt\": ...}}, "
                         "or 'mined' for the embedded prompts)")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # bad bytes: skipped
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                skipped.setdefault("invalid_json", n)
+            record, reason = parse_prompt_line(line)
+            if reason:
+                skipped.setdefault(reason, n)
                 continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or \
-                    not obj["prompt"].strip():
-                skipped.setdefault("missing_prompt", n)
-                continue
-            system = obj.get("system", "")
-            out.append({"prompt": obj["prompt"], "system": system if isinstance(system, str)
-                        else ""})
+            out.append(record)
             if limit and len(out) == limit:
                 break
     if skipped:

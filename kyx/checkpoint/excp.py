@@ -22,6 +22,9 @@ from kyx.checkpoint.excp_quant import (BITS, Quantized, dequantize, kmeans_1d, p
                                        prune_moments, prune_weight_residual, quantize,
                                        unpack_indices)
 from kyx.errors import CheckpointError, ConfigError
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ["ExcpOptions", "ExcpChain", "encode_tensor", "decode_group", "prune_weight_residual",
            "prune_moments", "kmeans_1d", "quantize", "dequantize", "pack_indices",
@@ -159,7 +162,11 @@ class ExcpChain:
                  reference: str | Mapping = "lossless"):
         self.root = os.path.abspath(root)
         self.manifest = store.read_manifest(self.root) or {
-            "format": "kyx-excp", "version": 1, "reference": None, "steps": []}
+            "format": "kyx-excp", "version": store.VERSION, "reference": None, "steps": []}
+        self.manifest["version"] = store.VERSION   # rewritten with a digest at the next write
+        removed = store.remove_leftovers(self.root)
+        if removed:
+            log.info("ExCP: removed %s left in %s by a killed save", removed, self.root)
         if options is None and self.manifest.get("options"):
             options = ExcpOptions(**self.manifest["options"])
         self.options = options or ExcpOptions()
@@ -255,7 +262,7 @@ class ExcpChain:
                         "footer_hash": footer_hash, "options": dataclasses.asdict(opts),
                         "stats": stats, "meta": meta or {}})
         self.manifest["options"] = dataclasses.asdict(self.options)
-        store.write_json_atomic(self._path(store.MANIFEST), self.manifest)
+        store.write_manifest(self.root, self.manifest)
         for arr in recon[0].values():
             arr.flags.writeable = False
         self._cache = (step, recon[0])
@@ -274,6 +281,14 @@ class ExcpChain:
             raise
         self.manifest["reference"] = {"file": "reference.excp", "bytes": nbytes,
                                       "footer_hash": footer_hash}
+
+    def verify_newest(self) -> int | None:
+        """Rebuild (and keep) the newest weights, which the next append builds on; raises
+        CheckpointError on a damaged link. Returns that step (None for an empty chain)."""
+        if not self.manifest["steps"]:
+            return None
+        self._newest_params()
+        return self.manifest["steps"][-1]["step"]
 
     def _newest_params(self) -> Flat:
         newest = self.manifest["steps"][-1]["step"]
@@ -354,7 +369,7 @@ class ExcpChain:
         keep = [e for e in self.manifest["steps"] if e["step"] <= step]
         dropped = [e for e in self.manifest["steps"] if e["step"] > step]
         self.manifest["steps"] = keep
-        store.write_json_atomic(self._path(store.MANIFEST), self.manifest)
+        store.write_manifest(self.root, self.manifest)
         for e in dropped:
             if os.path.exists(self._path(e["file"])):
                 os.remove(self._path(e["file"]))

@@ -14,6 +14,7 @@ put in the chain: a reconstruction takes them from a full Orbax checkpoint of th
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 from typing import Any
 
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kyx.checkpoint import digest
 from kyx.checkpoint.excp import ExcpChain, ExcpOptions
 from kyx.checkpoint.manager import Checkpointer
 from kyx.checkpoint.excp_optax import find_adam_state, flat_to_tree, flatten_adam, unflatten_adam
@@ -39,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
         "bits": 4,               # k-means codes per value (2^bits - 1 centroids + exact zero)
         "coder": "zstd",         # zstd | lzma
         "keep_full": 2,          # full Orbax checkpoints kept next to the chain
+        "restart_chain": False,  # on resume: set the chain aside, start a fresh one from there
     })
 
 
@@ -51,15 +54,32 @@ def chain_dir(workdir: str) -> str:
 
 
 def read_state_numpy(step_dir: str, abstract_state):
-    """A committed Orbax checkpoint's train state as host numpy arrays."""
+    """A committed Orbax checkpoint's train state as host numpy arrays, verified against
+    the digests saved with it (kyx/checkpoint/digest.py)."""
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                 abstract_state)
     try:
-        return ocp.PyTreeCheckpointer().restore(
+        state = ocp.PyTreeCheckpointer().restore(
             os.path.join(step_dir, "state"),
             args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args))
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {step_dir} for ExCP: {e}") from e
+    digest.verify_host_state(step_dir, state)
+    return state
+
+
+def read_data_state(step_dir: str) -> Any:
+    """The data-iterator state saved with a committed Orbax checkpoint."""
+    path = os.path.join(step_dir, "data", "metadata")
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the data-iterator state {path}: {e}") from e
+    stored = digest.read(step_dir)
+    if stored is not None:
+        digest.verify_json(stored, "data", value, step_dir)
+    return value
 
 
 def _scalar_leaves(opt_state) -> list:
@@ -100,7 +120,8 @@ def append_state(chain: ExcpChain, state, data_state: Any) -> dict:
             out.update(_prefixed(name, flat))
         scalars[name] = _scalar_leaves(model.opt_state)
     meta = {"train_step": int(np.asarray(state.step)), "rng": np.asarray(state.rng).tolist(),
-            "opt_scalars": scalars, "data_state": data_state}
+            "opt_scalars": scalars, "data_state": data_state,
+            "stats": {k: np.asarray(x).tolist() for k, x in state.stats.items()}}
     return chain.append(int(np.asarray(state.step)), w, m, v, meta=meta)
 
 
@@ -110,6 +131,11 @@ def state_from_chain(chain: ExcpChain, step: int, abstract_state):
     Frozen models are zeros here: fill them with ``frozen_from_full``."""
     w, m, v = chain.reconstruct(step)
     meta = chain.meta(step)
+    if abstract_state.stats and "stats" not in meta:
+        raise CheckpointError(
+            f"ExCP step {step} in {chain.root} lacks the running statistics "
+            f"{sorted(abstract_state.stats)} (an earlier kyx wrote it); resume from a full "
+            "checkpoint")
     host = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
     models = dict(host.models)
     try:
@@ -121,13 +147,15 @@ def state_from_chain(chain: ExcpChain, step: int, abstract_state):
             models[name] = model.replace(
                 params=flat_to_tree(model.params, _unprefixed(name, w)),
                 opt_state=_set_scalar_leaves(opt_state, meta["opt_scalars"][name]))
+        stats = {k: np.asarray(meta["stats"][k], x.dtype).reshape(x.shape)
+                 for k, x in host.stats.items()} if host.stats else host.stats
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(
             f"ExCP step {step} in {chain.root} does not match this run's models "
             f"{sorted(host.models)} ({type(e).__name__}: {e}); a chain written by another "
             "trainer, model or kyx version cannot be resumed by this one") from e
     state = host.replace(step=np.asarray(meta["train_step"], np.int32), models=models,
-                         rng=np.asarray(meta["rng"], np.uint32))
+                         rng=np.asarray(meta["rng"], np.uint32), stats=stats)
     return state, meta.get("data_state")
 
 
@@ -152,19 +180,52 @@ def frozen_from_full(ckpt_dir: str, state, abstract_state):
         f"{ckpt_dir} holds them{': ' + errors[-1] if errors else ''}")
 
 
+def set_aside(root: str) -> str:
+    """Rename a chain directory to the first free ``<root>.old<N>``; returns the new path."""
+    n = 1
+    while os.path.exists(f"{root}.old{n}"):
+        n += 1
+    os.rename(root, f"{root}.old{n}")
+    return f"{root}.old{n}"
+
+
 class Archiver:
-    """Compress committed checkpoints in one background thread, in step order."""
+    """Compress committed checkpoints in one background thread, in step order.
+
+    A chain whose manifest cannot be read leaves ``chain`` None and the error in
+    ``damaged``; ``restart`` sets it aside and starts an empty chain."""
 
     def __init__(self, workdir: str, cfg, abstract_state, ckpt_dir: str):
-        self.chain = ExcpChain(chain_dir(workdir), options_from_config(cfg))
+        self.root, self.options = chain_dir(workdir), options_from_config(cfg)
+        self.chain: ExcpChain | None = None
+        self.damaged: CheckpointError | None = None
+        try:
+            self.chain = ExcpChain(self.root, self.options)
+        except CheckpointError as e:
+            self.damaged = e
         self.abstract = abstract_state
         self.ckpt_dir = ckpt_dir
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="excp")
         self.futures: list[concurrent.futures.Future] = []
         self.stats: list[dict] = []
 
+    def steps(self) -> list[int]:
+        return self.chain.steps() if self.chain is not None else []
+
+    def restart(self, reason: str, step: int) -> None:
+        """Set the current chain directory aside (kept, not deleted) and start an empty
+        chain, whose first entry will be `step`."""
+        self.wait()
+        aside = set_aside(self.root) if os.path.exists(self.root) else None
+        self.chain, self.damaged = ExcpChain(self.root, self.options), None
+        log.warning("ExCP: %s; starting a fresh chain in %s at step %d%s", reason, self.root,
+                    step, f" (the old one is kept as {aside}; delete it when not needed)"
+                    if aside else "")
+
     def rewind(self, step: int) -> None:
         """Resuming from `step`: later chain entries describe a future that is discarded."""
+        if self.chain is None:
+            return
         dropped = self.chain.truncate(step)
         if dropped:
             log.info("ExCP: dropped compressed steps %s newer than resume step %d", dropped, step)
@@ -175,8 +236,29 @@ class Archiver:
             return
         self.futures.append(self.pool.submit(self._compress, step, data_state))
 
+    def submit_left_over(self, step: int) -> None:
+        """Queue a full checkpoint that an interrupted run saved but did not compress; if
+        it cannot be read, the chain goes on without it (with a warning)."""
+        self.futures.append(self.pool.submit(self._compress_left_over, step))
+
+    def _compress_left_over(self, step: int) -> dict | None:
+        try:
+            return self._compress(step, read_data_state(os.path.join(self.ckpt_dir, str(step))))
+        except CheckpointError as e:
+            log.warning("ExCP: not compressing checkpoint step %d left by an interrupted run "
+                        "(%s); the chain goes on without it", step, e)
+            return None
+
+    def submit_state(self, state, data_state: Any) -> None:
+        """Queue a host train state (numpy leaves, not modified afterwards) that has no
+        full checkpoint, e.g. one reconstructed from an earlier chain."""
+        self.futures.append(self.pool.submit(self._append, state, data_state))
+
     def _compress(self, step: int, data_state: Any) -> dict:
         state = read_state_numpy(os.path.join(self.ckpt_dir, str(step)), self.abstract)
+        return self._append(state, data_state)
+
+    def _append(self, state, data_state: Any) -> dict:
         stats = append_state(self.chain, state, data_state)
         self.stats.append(stats)
         return stats

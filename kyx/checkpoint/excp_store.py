@@ -2,8 +2,10 @@
 
 Step file:  MAGIC | blob 0 | blob 1 | ... | footer JSON | u64 footer length (LE) | MAGIC
 Each blob is one coder frame (zstd / lzma / none) whose blake2b-128 digest, offset and
-length are in the footer; the footer's own digest is in the manifest. Files and the
-manifest are written to a temporary name, fsynced and renamed (atomic on POSIX).
+length are in the footer; the footer's own digest is in the manifest, whose own digest
+(over every other field) is its ``digest`` field. Files and the manifest are written to
+``<name>.tmp<PID>``, fsynced and renamed (atomic on POSIX); a killed writer's leftovers
+are removed by ``remove_leftovers``.
 """
 from __future__ import annotations
 
@@ -11,18 +13,24 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import struct
 
 import numpy as np
 import zstandard
 
 from kyx.errors import CheckpointError
-from kyx.fileio import atomic_write, commit
+from kyx.fileio import commit
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 MAGIC = b"KYXEXCP\x01"
 MANIFEST = "manifest.json"
+VERSION = 2          # 2: the manifest carries its own digest
 CODERS = ("zstd", "lzma", "none")
 _TAIL = struct.Struct("<Q8s")
+_TMP = re.compile(r"\.tmp(\d+)$")
 
 
 def digest(data: bytes) -> str:
@@ -59,19 +67,92 @@ def unshuffle32(raw: bytes, dtype) -> np.ndarray:
     return planes.T.copy(order="C").view(dtype).reshape(-1)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True))
+def _tmp_name(path: str) -> str:
+    return f"{path}.tmp{os.getpid()}"
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        commit(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def manifest_digest(manifest: dict) -> str:
+    """Digest of every manifest field but ``digest`` (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return digest(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_manifest(root: str, manifest: dict) -> None:
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    text = json.dumps({**body, "digest": manifest_digest(body)}, indent=1, sort_keys=True)
+    _write_durably(os.path.join(root, MANIFEST), text.encode())
 
 
 def read_manifest(root: str) -> dict | None:
+    """The verified manifest of a chain directory (None if it has none); a truncated,
+    edited or corrupted manifest is a CheckpointError."""
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"ExCP manifest {path} is unreadable: {e}") from e
+        raise CheckpointError(f"ExCP manifest {path} is unreadable (truncated or "
+                              f"corrupted): {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != "kyx-excp":
+        raise CheckpointError(f"ExCP manifest {path} is not a kyx ExCP manifest (corrupted)")
+    version, stored = manifest.get("version"), manifest.pop("digest", None)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"ExCP manifest {path} has format version {version!r}; this "
+                              f"kyx reads versions 1 to {VERSION} (upgrade kyx)")
+    if stored is None and version >= 2:
+        raise CheckpointError(f"ExCP manifest {path} has no checksum (edited or corrupted)")
+    if stored is None:
+        log.warning("ExCP manifest %s predates manifest checksums (version 1): its fields "
+                    "are not verified", path)
+    elif stored != manifest_digest(manifest):
+        raise CheckpointError(f"ExCP manifest {path}: checksum mismatch (the file was edited "
+                              "or corrupted); its steps cannot be trusted")
+    return manifest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True   # someone else's process (or no such pid number): leave its file
+    return True
+
+
+def remove_leftovers(root: str) -> list[str]:
+    """Delete ``*.tmp<PID>`` files of writers that no longer run on this host (a save
+    killed mid-write); returns their names. Files of running writers are kept."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        m = _TMP.search(name)
+        if m and not _alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    return removed
 
 
 class StepWriter:
@@ -79,7 +160,7 @@ class StepWriter:
 
     def __init__(self, path: str, coder: str, level: int | None):
         self.path, self.coder, self.level = path, coder, level
-        self.tmp = f"{path}.tmp{os.getpid()}"
+        self.tmp = _tmp_name(path)
         self.f = open(self.tmp, "wb")
         self.f.write(MAGIC)
         self.offset = len(MAGIC)

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the train state, the data-iterator state and the resolved config.
 
 Saves are asynchronous (Orbax commits atomically: a save interrupted by SIGKILL leaves
-no half-written step behind). Restoring walks back from the newest step: a checkpoint
-that fails to read is reported by path and the previous good one is used.
+no half-written step behind). Every save also stores digests of its values (item
+``digest``, kyx/checkpoint/digest.py) and every read checks them. Restoring walks back
+from the newest step: a checkpoint that fails to read or to verify is reported by path
+and the previous good one is used.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from kyx.checkpoint import digest as digest_lib
 from kyx.errors import CheckpointError
 from kyx.logs import get_logger
 
@@ -69,19 +72,22 @@ class Checkpointer:
         if read_only:  # partial restores and metadata need the PyTree handler up front
             handlers = {"state": ocp.PyTreeCheckpointHandler(),
                         "data": ocp.JsonCheckpointHandler(),
-                        "config": ocp.JsonCheckpointHandler()}
+                        "config": ocp.JsonCheckpointHandler(),
+                        digest_lib.ITEM: ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=None if handlers else (
-                "state", "data", "config"), item_handlers=handlers)
+                "state", "data", "config", digest_lib.ITEM), item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data_state: Any, config: dict, force: bool = False) -> bool:
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state if data_state is not None else {}),
-            config=ocp.args.JsonSave(config))
+        data_state = data_state if data_state is not None else {}
+        args = ocp.args.Composite(**{
+            "state": ocp.args.StandardSave(state),
+            "data": ocp.args.JsonSave(data_state),
+            "config": ocp.args.JsonSave(config),
+            digest_lib.ITEM: ocp.args.JsonSave(digest_lib.record(state, data_state, config))})
         return self.manager.save(step, args=args, force=force)
 
     def wait(self) -> None:
@@ -92,7 +98,9 @@ class Checkpointer:
         self.manager.close()
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
-        """Restore one step onto the shardings carried by `abstract_state`."""
+        """Restore one step onto the shardings carried by `abstract_state`, verified
+        against the digests saved with it."""
+        stored = digest_lib.read(self.step_dir(step))
         try:
             state_args = (ocp.args.PyTreeRestore(
                 item=abstract_state,
@@ -104,6 +112,11 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint step {step} at {self.step_dir(step)} is unreadable or corrupted: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
+        if stored is not None:
+            where = self.step_dir(step)
+            digest_lib.verify_arrays(stored, out["state"], where)
+            digest_lib.verify_json(stored, "data", out["data"], where)
+            digest_lib.verify_json(stored, "config", out["config"], where)
         return out["state"], out["data"], out["config"]
 
     def model_names(self, step: int) -> list[str]:
@@ -151,6 +164,9 @@ class Checkpointer:
                 f"cannot read params from checkpoint step {step} at {self.step_dir(step)}: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
         state = out["state"]
+        stored = digest_lib.read(self.step_dir(step))
+        if stored is not None:
+            digest_lib.verify_arrays(stored, state, self.step_dir(step))
         params = state["models"][name]["params"] if "models" in state else state["params"]
         return params["backbone"] if sub else params
 

@@ -7,10 +7,7 @@ from kyx import config as config_lib
 from kyx import sharding
 from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import CheckpointError
-from kyx.logs import get_logger
 from kyx.model.params import param_shardings
-
-log = get_logger(__name__)
 
 
 def read_config(workdir: str):
@@ -30,25 +27,26 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def load_params(workdir: str, module, mesh, rules, step: int = -1, name: str | None = None):
     """One model's params (``name``: default ``policy``, or the only model) from the
-    newest readable checkpoint (or exactly ``step``), placed with ``module``'s shardings.
+    newest checkpoint (or exactly ``step``), placed with ``module``'s shardings and
+    verified against the digests saved with them.
 
-    A corrupted newest checkpoint is reported and the previous one is used."""
+    A damaged checkpoint is an error naming the other steps, not a silent fallback: the
+    caller asked for these weights and must choose another step knowingly."""
     directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"{workdir!r} has no checkpoints/ directory")
-    ckpt = Checkpointer(directory, read_only=True)
-    steps = ckpt.steps()
+    steps = checkpoint_steps(workdir)
     if not steps:
-        raise CheckpointError(f"{workdir!r} contains no checkpoint")
+        raise CheckpointError(
+            f"{workdir!r} holds no checkpoint yet (nothing under {directory}); train it "
+            "first, or wait for its first checkpoint.every save")
     if step >= 0 and step not in steps:
         raise CheckpointError(f"no checkpoint for step {step} in {directory}; available: {steps}")
+    step = step if step >= 0 else steps[-1]
     shardings, abstract = param_shardings(module, mesh, rules)
     target = sharding.with_shardings(abstract, shardings)
-    last_error = None
-    for s in ([step] if step >= 0 else list(reversed(steps))):
-        try:
-            return ckpt.restore_params(s, target, name)
-        except CheckpointError as e:
-            log.warning("%s; trying an earlier checkpoint", e)
-            last_error = e
-    raise last_error
+    try:
+        return Checkpointer(directory, read_only=True).restore_params(step, target, name)
+    except CheckpointError as e:
+        others = [s for s in steps if s != step]
+        hint = (f"; load another step explicitly (step=N in kyx.load, --step N in kyx "
+                f"sample); steps: {others}" if others else "")
+        raise CheckpointError(f"{e}{hint}") from e

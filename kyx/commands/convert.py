@@ -17,6 +17,7 @@ import ml_collections
 
 from kyx import config as config_lib
 from kyx.checkpoint.manager import Checkpointer
+from kyx.checkpoint.workdir_lock import WorkdirLock
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write
 from kyx.interop import hf, hf_dir, hf_layouts
@@ -31,16 +32,17 @@ def from_hf(hf_path: str, workdir: str, mesh=None, rules="fsdp") -> str:
     cfg.data.tokenizer.vocab_size = model.tokenizer.vocab_size
     cfg.interop = ml_collections.ConfigDict({"layout": model.layout,
                                              "source": os.path.abspath(hf_path)})
-    os.makedirs(workdir, exist_ok=True)
-    config_lib.dump(cfg, os.path.join(workdir, "config.json"))
-    hf.copy_tokenizer_files(hf_path, workdir)
-    tok = model.tokenizer
-    ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-    atomic_write(os.path.join(workdir, "generation_config.json"),
-                 json.dumps({k: v for k, v in ids.items() if v is not None}))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    ckpt.save_params(0, model.params, cfg.to_dict())
-    ckpt.close()
+    with WorkdirLock(workdir, "convert"):
+        config_lib.dump(cfg, os.path.join(workdir, "config.json"))
+        hf.copy_tokenizer_files(hf_path, workdir)
+        tok = model.tokenizer
+        ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+               "pad_token_id": tok.pad_id}
+        atomic_write(os.path.join(workdir, "generation_config.json"),
+                     json.dumps({k: v for k, v in ids.items() if v is not None}))
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+        ckpt.save_params(0, model.params, cfg.to_dict())
+        ckpt.close()
     return workdir
 
 

@@ -20,6 +20,7 @@ import ml_collections
 from kyx import config as config_lib
 from kyx import sharding
 from kyx.checkpoint import workdir as workdir_lib
+from kyx.checkpoint.workdir_lock import WorkdirLock
 from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import CheckpointError
 from kyx.interop import hf
@@ -55,12 +56,12 @@ def upcycle_workdir(workdir: str, out: str, num_experts: int, top_k: int = 2, ev
         "source": os.path.abspath(workdir), "source_step": step, "noise": noise,
         "noise_type": noise_type, "router_std": -1.0 if router_std is None else router_std,
         "seed": seed})
-    os.makedirs(out, exist_ok=True)
-    config_lib.dump(cfg, os.path.join(out, "config.json"))
-    hf.copy_tokenizer_files(workdir, out)
-    ckpt = Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
-    ckpt.save_params(0, params, config_lib.to_dict(cfg))
-    ckpt.close()
+    with WorkdirLock(out, "upcycle"):
+        config_lib.dump(cfg, os.path.join(out, "config.json"))
+        hf.copy_tokenizer_files(workdir, out)
+        ckpt = Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
+        ckpt.save_params(0, params, config_lib.to_dict(cfg))
+        ckpt.close()
     return out
 
 

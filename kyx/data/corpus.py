@@ -123,7 +123,7 @@ def read_text(filename: str) -> tuple[str | None, str | None]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None, "invalid_utf8"
-    if not text.strip():
+    if not text or text.isspace():  # no stripped copy of a huge text
         return None, "empty"
     return text, None
 

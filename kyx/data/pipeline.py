@@ -37,9 +37,13 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from kyx.data import chunking
 from kyx.data.corpus import Corpus, default_data_dir, load_corpus
 from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
 from kyx.errors import ConfigError, DataError
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 ROLES = ("train", "validation")
 
@@ -86,7 +90,7 @@ def record_text(record: Any, feature: str) -> tuple[str | None, str | None]:
     if not isinstance(value, str):
         raise DataError(f"Feature {feature!r} holds {type(value).__name__}, not text; "
                         f"set data.text_feature to a text feature.")
-    return (value, None) if value.strip() else (None, "empty")
+    return (None, "empty") if not value or value.isspace() else (value, None)
 
 
 class ReadStats:
@@ -117,18 +121,30 @@ class Tokenize(grain.transforms.Map):
     """Record -> {'tokens': BOS + ids + EOS}, or None (skipped and counted) if malformed.
 
     BOS starts every document so that generation from BOS + prompt (kyx.load(...).generate)
-    sees the same context a document start had in training."""
+    sees the same context a document start had in training. Documents longer than
+    ``max_chars`` (default ``chunking.MAX_CHARS``) are encoded in pieces cut where the
+    tokenizer starts a word anyway (kyx/data/chunking.py): same tokens, one document,
+    linear time and bounded tokenizer memory."""
 
-    def __init__(self, tokenizer: Tokenizer, feature: str, stats: ReadStats):
+    def __init__(self, tokenizer: Tokenizer, feature: str, stats: ReadStats,
+                 max_chars: int | None = None):
         self.tokenizer, self.feature, self.stats = tokenizer, feature, stats
+        self.max_chars = max_chars or chunking.MAX_CHARS
+        self.style = chunking.cut_style(tokenizer)
+        self._warned = False
 
     def map(self, record):
         text, reason = record_text(record, self.feature)
         if text is None:
             self.stats.add(reason)
             return None
-        ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text), self.tokenizer.eos_id]
-        return {"tokens": np.asarray(ids, dtype=np.int32)}
+        if self.style is None and len(text) > self.max_chars and not self._warned:
+            self._warned = True
+            log.warning("Tokenizer %s does not encode text pieces like the whole text; "
+                        "documents are encoded whole (slow and memory-heavy for long ones).",
+                        type(self.tokenizer).__name__)
+        return {"tokens": chunking.encode_document(self.tokenizer, text, self.style,
+                                                   self.max_chars)}
 
 
 def next_token_targets(tokens: np.ndarray, segment_ids: np.ndarray,

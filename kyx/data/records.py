@@ -9,7 +9,10 @@
   undesirable (also true / false, 1 / 0).
 
 ``parse_line`` returns ``(record, None)`` or ``(None, reason)``; callers count reasons
-and skip the record. A normalised record has every field of its kind (``system`` "",
+and skip the record. Besides missing or mistyped fields, reasons include ``invalid_json``,
+``too_deeply_nested`` (nesting past Python's recursion limit) and ``invalid_unicode`` (a
+text field holding a lone surrogate such as the JSON escape ``\\ud800``, which is not
+encodable as UTF-8). A normalised record has every field of its kind (``system`` "",
 ``negatives`` [], ``strength`` -1 when absent).
 """
 from __future__ import annotations
@@ -34,11 +37,43 @@ def check_kind(kind: str) -> str:
 
 def parse_line(kind: str, line: str) -> tuple[dict | None, str | None]:
     """A JSONL line -> (normalised record, None) or (None, reason)."""
+    obj, reason = _loads(line)
+    return (None, reason) if reason else normalize(kind, obj)
+
+
+def parse_prompt_line(line: str) -> tuple[dict | None, str | None]:
+    """A prompts-JSONL line (``prompt``, optional ``system``; RL / rejection sampling) ->
+    ({"prompt", "system"}, None) or (None, reason). A non-text system becomes ""."""
+    obj, reason = _loads(line)
+    if reason:
+        return None, reason
+    if not isinstance(obj, dict):
+        return None, "not_an_object"
+    prompt, system = obj.get("prompt"), obj.get("system", "")
+    if not isinstance(prompt, str):
+        return None, "missing_prompt" if prompt is None else "non_text_prompt"
+    if not prompt.strip():
+        return None, "empty_prompt"
+    out = {"prompt": prompt, "system": system if isinstance(system, str) else ""}
+    return (out, None) if all(map(is_utf8, out.values())) else (None, "invalid_unicode")
+
+
+def _loads(line: str) -> tuple[Any, str | None]:
     try:
-        obj = json.loads(line)
+        return json.loads(line), None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None, "invalid_json"
-    return normalize(kind, obj)
+    except RecursionError:
+        return None, "too_deeply_nested"
+
+
+def is_utf8(text: str) -> bool:
+    """False for strings holding lone surrogates (JSON ``"\\ud800"``), which UTF-8 cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalize(kind: str, obj: Any) -> tuple[dict | None, str | None]:
@@ -81,6 +116,9 @@ def normalize(kind: str, obj: Any) -> tuple[dict | None, str | None]:
         if label is None:
             return None, "bad_label"
         out["label"] = label
+    texts = [v for v in out.values() if isinstance(v, str)] + out.get("negatives", [])
+    if not all(map(is_utf8, texts)):
+        return None, "invalid_unicode"
     return out, None
 
 

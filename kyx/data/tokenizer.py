@@ -27,9 +27,9 @@ from typing import Protocol, runtime_checkable
 
 import sentencepiece as spm
 
-from kyx.errors import ConfigError, DataError
+from kyx.errors import ConfigError, DataError, IntegrityError
 from kyx.logs import get_logger
-from kyx.fileio import atomic_write
+from kyx.fileio import atomic_write, read_checked
 
 log = get_logger(__name__)
 
@@ -85,9 +85,9 @@ class SentencePieceTokenizer:
     @classmethod
     def from_file(cls, path: str, num_threads: int = 1) -> SentencePieceTokenizer:
         try:
-            with open(path, "rb") as f:
-                proto = f.read()
-            return cls(proto, path=path, num_threads=num_threads)
+            return cls(read_checked(path), path=path, num_threads=num_threads)
+        except IntegrityError:
+            raise
         except (OSError, RuntimeError) as e:
             raise ConfigError(f"Cannot load SentencePiece model {path!r}: {e}") from e
 
@@ -200,7 +200,10 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, cache_dir: str
     path = os.path.join(cache_dir, f"spm_bpe{vocab_size}_{key}.model") if cache_dir else ""
     if path and os.path.exists(path):
         log.info("Loading cached tokenizer %s", path)
-        return SentencePieceTokenizer.from_file(path)
+        try:
+            return SentencePieceTokenizer.from_file(path)
+        except IntegrityError as e:  # a cache: rebuild it rather than stop
+            log.warning("%s; training the tokenizer again", e)
     threads = num_threads or min(os.cpu_count() or 1, 8)
     log.info("Training BPE tokenizer: vocab %d, %d chunks, %d threads", vocab_size,
              len(sentences), threads)
@@ -214,5 +217,6 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int, cache_dir: str
         raise ConfigError(f"SentencePiece training failed (tokenizer.vocab_size={vocab_size}, "
                           f"{sum(map(len, sentences))} characters of text): {e}") from e
     if path:
-        atomic_write(path, model.getvalue())  # concurrent trainers never see a partial file
+        # concurrent trainers never see a partial file; readers verify the digest
+        atomic_write(path, model.getvalue(), checksum=True)
     return SentencePieceTokenizer(model.getvalue(), path=path)

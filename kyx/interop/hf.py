@@ -4,14 +4,15 @@ Import streams weights: every kyx parameter is created with `jax.make_array_from
 on its target sharding, and each device's callback reads only the HF tensors of the layers
 its shard covers, converting one layer tensor at a time. Peak host memory is therefore
 about one HF tensor plus one device shard, so a model larger than one host's memory can
-be imported onto a mesh. Export gathers one parameter at a time and writes safetensors
-shards of at most `max_shard_bytes` with an index.
+be imported onto a mesh. The import is strict (kyx/interop/hf_files.py): every tensor in
+the files is used or allow-listed, and every needed one is there. Export gathers one
+parameter at a time and writes safetensors shards of at most `max_shard_bytes` with an index.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from typing import Any
 
 import jax
@@ -19,79 +20,13 @@ import numpy as np
 
 from kyx import sharding
 from kyx.errors import CheckpointError, ConfigError
+from kyx.fileio import atomic_write, read_checked
 from kyx.interop import hf_layouts
+from kyx.interop.hf_files import (INDEX, SINGLE, DictReader, SafetensorsReader,  # noqa: F401
+                                  check_names)
 from kyx.model.config import ModelConfig
 from kyx.model.params import param_shardings
 from kyx.model.transformer import Decoder
-
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-
-
-class SafetensorsReader:
-    """Lazy tensor access across a single file or an indexed set of shards."""
-
-    def __init__(self, model_dir: str):
-        from safetensors import safe_open
-
-        self.dir = model_dir
-        index = os.path.join(model_dir, INDEX)
-        if os.path.exists(index):
-            with open(index) as f:
-                self.where = dict(json.load(f)["weight_map"])
-        elif os.path.exists(os.path.join(model_dir, SINGLE)):
-            with safe_open(os.path.join(model_dir, SINGLE), "numpy") as f:
-                self.where = {k: SINGLE for k in f.keys()}
-        else:
-            raise CheckpointError(f"{model_dir!r} has no {SINGLE} or {INDEX} "
-                                  "(only safetensors checkpoints are supported)")
-        self._open = safe_open
-        self._files: dict[str, Any] = {}
-
-    def names(self):
-        return self.where.keys()
-
-    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        if name not in self.where:
-            raise CheckpointError(f"tensor {name!r} is missing from {self.dir}"
-                                  + (f" (expected shape {tuple(shape)})" if shape else ""))
-        fname = self.where[name]
-        if fname not in self._files:
-            self._files[fname] = self._open(os.path.join(self.dir, fname), "numpy")
-        return _hf_tensor(name, np.asarray(self._files[fname].get_tensor(name), np.float32),
-                          shape)
-
-
-class DictReader:
-    """The reader interface over an in-memory {name: array} state dict."""
-
-    def __init__(self, state_dict):
-        self.sd, self.dir = state_dict, "<state dict>"
-
-    def names(self):
-        return self.sd.keys()
-
-    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        if name not in self.sd:
-            raise CheckpointError(f"tensor {name!r} is missing"
-                                  + (f" (expected shape {tuple(shape)})" if shape else ""))
-        return _hf_tensor(name, np.asarray(self.sd[name], dtype=np.float32), shape)
-
-
-def _hf_tensor(name: str, x: np.ndarray, shape) -> np.ndarray:
-    """`x`, or a CheckpointError naming the HF tensor when its shape is not `shape`."""
-    if shape is not None and tuple(x.shape) != tuple(shape):
-        raise CheckpointError(f"tensor {name!r} has shape {tuple(x.shape)}, "
-                              f"expected {tuple(shape)}")
-    return x
-
-
-def read_hf_config(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{model_dir!r} has no config.json; is it a Hugging Face model?")
-    with open(path) as f:
-        return json.load(f)
 
 
 def load_params(model_dir, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp"):
@@ -101,6 +36,8 @@ def load_params(model_dir, cfg: ModelConfig, layout: str, mesh=None, rules="fsdp
     rules = sharding.get_rules(rules)
     shardings, abstract = param_shardings(Decoder(cfg), mesh, rules)
     reader = model_dir if isinstance(model_dir, DictReader) else SafetensorsReader(model_dir)
+    check_names(reader, hf_layouts.needed_names(cfg, layout), cfg.num_layers,
+                hf_layouts.IGNORED_TENSORS, hf_layouts.tied_copies(cfg))
     specs = hf_layouts.leaves(cfg, layout)
     flat_abstract = {tuple(k.key for k in path): leaf for path, leaf in
                      jax.tree_util.tree_flatten_with_path(abstract)[0]}
@@ -182,15 +119,28 @@ def save_params(params, cfg: ModelConfig, layout: str, out_dir: str,
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_layouts.hf_config_from_model(cfg, layout, bos_id, eos_id), f, indent=2)
+    _remove_stale_weights(out_dir, files + ([INDEX] if len(files) > 1 else []))
     return files
 
 
+def _remove_stale_weights(out_dir: str, written: list[str]) -> None:
+    """Delete weight files of an earlier export into `out_dir` (an old index or shards
+    would otherwise be read instead of, or next to, the new files)."""
+    pattern = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+    for name in os.listdir(out_dir):
+        if pattern.fullmatch(name) and name not in written:
+            os.remove(os.path.join(out_dir, name))
+
+
 def copy_tokenizer_files(src: str, dst: str) -> list[str]:
+    """Copy the tokenizer files of ``src`` that exist, verified against their ``.sha256``
+    sidecars (kyx workdirs) and written with new ones."""
     names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "generation_config.json")
     copied = []
     for name in names:
         if os.path.exists(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+            atomic_write(os.path.join(dst, name), read_checked(os.path.join(src, name)),
+                         checksum=True)
             copied.append(name)
     return copied

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from kyx.interop import hf, hf_layouts
+from kyx.interop import hf, hf_files, hf_layouts
 from kyx.data.hf_tokenizer import load_tokenizer
 from kyx.model.config import ModelConfig
 
@@ -25,8 +25,12 @@ class HFModel:
 
 
 def is_hf_dir(path: str) -> bool:
-    """A directory whose config.json is a transformers config (it names a model_type)."""
+    """A directory whose config.json is a transformers config (it names a model_type), or
+    that holds safetensors weights and no kyx checkpoints/ (its config.json missing or
+    damaged: loading it then says so)."""
     cfg = os.path.join(path, "config.json")
+    if hf_files.has_weights(path) and not os.path.isdir(os.path.join(path, "checkpoints")):
+        return True
     if not os.path.exists(cfg):
         return False
     try:
@@ -39,7 +43,7 @@ def is_hf_dir(path: str) -> bool:
 
 def hf_model_config(hf_dir: str) -> tuple[ModelConfig, str]:
     """(kyx ModelConfig, layout) of an HF directory, from its config.json."""
-    return hf_layouts.model_config_from_hf(hf.read_hf_config(hf_dir))
+    return hf_layouts.model_config_from_hf(hf_files.read_hf_config(hf_dir))
 
 
 def load_hf_params(hf_dir: str, mesh=None, rules="fsdp") -> tuple[ModelConfig, Any, str]:

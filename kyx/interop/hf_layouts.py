@@ -173,6 +173,30 @@ def leaves(cfg: ModelConfig, layout: str) -> dict[tuple[str, ...], Leaf]:
     return out
 
 
+# HF tensors an import may skip: known-harmless extras that kyx recomputes from config.json.
+# Every other tensor in the files must be read into a kyx param, or the import fails
+# (kyx/interop/hf_files.py check_names). Add a pattern here only for a buffer that is a
+# pure function of config.json; anything carrying trained values must be mapped instead.
+IGNORED_TENSORS = (
+    # RoPE inverse frequencies, saved by older transformers (Llama 1/2, Baichuan 2 7B)
+    r"(model\.layers\.\d+\.self_attn\.|model\.)rotary_emb\.inv_freq",
+)
+
+
+def needed_names(cfg: ModelConfig, layout: str) -> set[str]:
+    """Every HF tensor name the import of `cfg` reads."""
+    out = set()
+    for leaf in leaves(cfg, layout).values():
+        out.update([leaf.names(i) for i in range(cfg.num_layers)] if leaf.stacked else [leaf.names])
+    return out
+
+
+def tied_copies(cfg: ModelConfig) -> dict[str, str]:
+    """HF tensor -> the tensor it must equal (unused by kyx): a tied head saved with the
+    embedding, as `model.state_dict()` and some conversion scripts do."""
+    return {"lm_head.weight": "model.embed_tokens.weight"} if cfg.tie_embeddings else {}
+
+
 def export_tensors(cfg: ModelConfig, layout: str, get: Callable[[tuple, int | None], np.ndarray]):
     """Yield (hf_name, array) one tensor at a time; `get(path, layer)` reads a kyx leaf."""
     d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head

@@ -1,9 +1,14 @@
 """A run's checkpoints: Orbax full checkpoints plus (optionally) the ExCP chain.
 
-Restore order for `checkpoint.resume_step=-1`: the newest readable Orbax checkpoint.
-For an explicit step: a full Orbax checkpoint if one exists, else the ExCP chain's
-reconstruction of that step. Resuming from an older step discards what came after it
-(newer full checkpoints and chain entries), since the run now takes another course.
+Restore order for `checkpoint.resume_step=-1`: the newest readable Orbax checkpoint,
+else (none exists or none reads) the newest readable step of the ExCP chain. For an
+explicit step: its full Orbax checkpoint, else the chain's reconstruction of it.
+Resuming from an older step discards what came after it (newer full checkpoints and
+chain entries), since the run now takes another course.
+
+A chain that cannot be continued (unreadable or edited manifest, or a damaged link that
+the next residual would build on, checked at resume) or `checkpoint.excp.restart_chain`
+sets the chain aside with a warning and starts a fresh one at the resume step.
 """
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from kyx import sharding
-from kyx.checkpoint import excp_archive
-from kyx.checkpoint.manager import Checkpointer
+from kyx.checkpoint import compat, excp_archive
+from kyx.checkpoint.manager import Checkpointer, read_config
 from kyx.errors import CheckpointError, ConfigError
 from kyx.logs import get_logger
 
@@ -46,31 +52,95 @@ class RunCheckpoints:
         """(step, device state, data_state) or None for a fresh run."""
         want = self.cfg.checkpoint.resume_step
         self._check_models()
-        target = sharding.with_shardings(self.abstract, self.shardings)
-        chain_steps = self.archiver.chain.steps() if self.archiver else []
-        if want >= 0 and want not in self.ckpt.steps() and want in chain_steps:
-            host, data_state = excp_archive.state_from_chain(self.archiver.chain, want,
-                                                             self.abstract)
-            host = excp_archive.frozen_from_full(self.ckpt.directory, host, self.abstract)
-            state = jax.device_put(host, self.shardings)
-            log.info("resumed from ExCP reconstruction of step %d (%s)", want,
-                     excp_archive.chain_dir(os.path.dirname(self.ckpt.directory)))
-            step = want
-        else:
-            if want >= 0 and want not in self.ckpt.steps():
-                raise CheckpointError(
-                    f"no checkpoint for step {want}: full checkpoints {self.ckpt.steps()}, "
-                    f"ExCP steps {chain_steps}")
-            restored = self.ckpt.restore_latest(target, want)
-            if restored is None:
-                return None
-            step, state, data_state, _ = restored
-            log.info("resumed from %s", self.ckpt.step_dir(step))
-            if self.archiver and step not in chain_steps:
-                self._uncompressed = (step, data_state)
+        restored = self._restore_full(want)
+        if restored is None and self.archiver:
+            restored = self._restore_chain(want)
+        if restored is None:
+            return None
+        step, state, data_state, host = restored
         self._discard_after(step)
+        if self.archiver:
+            self._continue_chain(step, data_state, host)
         self.saved.add(step)
         return step, state, data_state
+
+    def _restore_full(self, want: int):
+        """(step, state, data_state, None) from a full checkpoint; None when there is none
+        (or it failed and the chain can stand in)."""
+        full = self.ckpt.steps()
+        chain_steps = self.archiver.steps() if self.archiver else []
+        damaged = self.archiver.damaged if self.archiver else None
+        if want >= 0 and want not in full:
+            if want in chain_steps:
+                return None
+            raise CheckpointError(
+                f"no checkpoint for step {want}: full checkpoints {full}, ExCP steps "
+                f"{chain_steps}" + (f" (the ExCP chain is unusable: {damaged})" if damaged
+                                    else ""))
+        try:
+            restored = self.ckpt.restore_latest(
+                sharding.with_shardings(self.abstract, self.shardings), want)
+        except CheckpointError as e:
+            if not [s for s in chain_steps if want < 0 or s == want]:
+                if damaged:
+                    raise CheckpointError(f"{e}; the ExCP chain cannot stand in: {damaged}") from e
+                raise
+            log.warning("%s; trying the ExCP chain", e)
+            return None
+        if restored is None:
+            return None
+        step, state, data_state, _ = restored
+        log.info("resumed from %s", self.ckpt.step_dir(step))
+        return step, state, data_state, None
+
+    def _restore_chain(self, want: int):
+        """(step, state, data_state, host state) reconstructed from the ExCP chain: step
+        `want`, else its newest readable step; None when the chain is empty."""
+        archiver = self.archiver
+        if archiver.damaged is not None:
+            raise CheckpointError(
+                f"no readable full checkpoint to resume from, and {archiver.damaged}; move "
+                f"{archiver.root} aside to start this run from scratch")
+        steps = [want] if want >= 0 else list(reversed(archiver.steps()))
+        for i, step in enumerate(steps):
+            try:
+                host, data_state = excp_archive.state_from_chain(archiver.chain, step,
+                                                                 self.abstract)
+                host = excp_archive.frozen_from_full(self.ckpt.directory, host, self.abstract)
+            except CheckpointError as e:
+                if i + 1 == len(steps):
+                    raise CheckpointError(f"no readable full checkpoint or ExCP step to resume "
+                                          f"from (ExCP steps tried: {steps}): {e}") from e
+                log.warning("%s; falling back to the previous ExCP step", e)
+                continue
+            log.info("resumed from ExCP reconstruction of step %d (%s)", step, archiver.root)
+            return step, jax.device_put(host, self.shardings), data_state, host
+        return None
+
+    def _continue_chain(self, step: int, data_state: Any, host) -> None:
+        """After resuming at `step` (from the chain when `host` is its host state): keep
+        appending to the chain if it is sound, else set it aside and start a fresh one."""
+        archiver, reason = self.archiver, None
+        if self.cfg.checkpoint.excp.get("restart_chain", False):
+            reason = "checkpoint.excp.restart_chain is set"
+        elif archiver.damaged is not None:
+            reason = str(archiver.damaged)
+        elif host is None:  # the link the next residual builds on, read now, not saves later
+            try:
+                archiver.chain.verify_newest()
+            except CheckpointError as e:
+                reason = str(e)
+        if reason is not None:
+            archiver.restart(reason, step)
+            if host is not None:  # no full checkpoint of it: compress the state itself
+                archiver.submit_state(jax.tree.map(np.array, host), data_state)
+        if host is None and reason is None:  # saved, but killed before it was compressed
+            tip = max(archiver.steps(), default=-1)
+            for s in self.ckpt.steps():
+                if tip < s < step:
+                    archiver.submit_left_over(s)
+        if host is None and step not in archiver.steps():
+            self._uncompressed = (step, data_state)
 
     def _check_models(self) -> None:
         """A workdir whose checkpoints hold other models than this run's cannot resume
@@ -81,7 +151,8 @@ class RunCheckpoints:
             return
         try:
             tree = Checkpointer(self.ckpt.directory, read_only=True).state_tree(steps[-1])
-        except CheckpointError:
+            stored_config = read_config(self.ckpt.directory, steps[-1])
+        except (CheckpointError, OSError, ValueError):
             return  # unreadable: restore_latest reports it and falls back
         stored = sorted(tree["models"]) if "models" in tree else ["<single-model layout>"]
         wanted = sorted(self.abstract.models)
@@ -91,6 +162,9 @@ class RunCheckpoints:
                 f"the checkpoints in {self.ckpt.directory} hold models {stored}, this run has "
                 f"{wanted} (another trainer, trainer option or kyx version wrote them); use a "
                 f"new --workdir, with --config.init_from={workdir} to start from its params")
+        # a changed architecture: name the config keys instead of "corrupted" x N
+        compat.check_resumable(self.ckpt.directory, tree, self.abstract, stored_config,
+                               self.cfg.to_dict())
 
     def _discard_after(self, step: int) -> None:
         newer = [s for s in self.ckpt.steps() if s > step]

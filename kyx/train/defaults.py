@@ -15,6 +15,7 @@ def train_config() -> ml_collections.ConfigDict:
         "eval_every": 200,
         "eval_at_start": False,   # also evaluate the initial params (a step-0 row)
         "nan_policy": "skip",     # "skip": drop the update and go on; "stop": save and raise
+        "max_skipped_fraction": 0.1,  # warn loudly when more of the run's steps were skipped
         "measure_mfu": True,      # measure this machine's matmul peak once at start
     })
 

@@ -5,7 +5,11 @@ state, the jitted step) + the plain loop below. Resume order: the workdir's newe
 checkpoint, then each model's ``init`` (``init_from``), then a seeded fresh init. The
 step is one jit-compiled call with explicit in/out shardings and a donated state; the
 host touches metrics only when a hook asks (``log``, ``eval``). Periodic actions are hooks
-(kyx/train/hooks.py). SIGTERM / SIGINT write the pending metrics and a final checkpoint.
+(kyx/train/hooks.py). SIGTERM / SIGINT write the pending metrics and a final checkpoint,
+then raise ``Preempted`` (``kyx train`` exits 75: rerun the command to resume). A run
+holds its workdir's lock (kyx/checkpoint/workdir_lock.py) from set-up to close; it fails
+at the end if the final eval loss is not finite, and warns when more than
+``train.max_skipped_fraction`` of its steps were skipped as non-finite.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import numpy as np
 from kyx import config as config_lib
 from kyx import metrics as metrics_lib
 from kyx import sharding
-from kyx.errors import KyxError
+from kyx.checkpoint.workdir_lock import WorkdirLock
+from kyx.errors import KyxError, Preempted
 from kyx.fileio import atomic_write
 from kyx.logs import get_logger
 from kyx.train import state as state_lib
@@ -35,7 +40,8 @@ ROLLOUT_STREAM = 0x524F4C4C  # fold_in index of a step's rollout key ("ROLL")
 
 
 class NonFiniteLoss(KyxError, RuntimeError):
-    """The loss or gradient became NaN/Inf and train.nan_policy is 'stop'."""
+    """The loss or gradient became NaN/Inf and train.nan_policy is 'stop', or the final
+    eval loss is not finite."""
 
 
 class _Preemption:
@@ -85,6 +91,12 @@ def run(trainer: Trainer, workdir: str) -> dict:
                     break
     finally:
         r.close()
+    if preempt.signal:
+        raise Preempted(
+            f"signal {signal.Signals(preempt.signal).name} stopped the run at step {r.step} of "
+            f"{r.total}; its checkpoint is saved in {workdir}. Run the same command again to "
+            "resume")
+    r.check_outcome()
     return r.last
 
 
@@ -94,7 +106,17 @@ class Run:
     def __init__(self, trainer: Trainer, workdir: str):
         cfg = self.cfg = trainer.config
         self.trainer, self.workdir = trainer, workdir
-        os.makedirs(workdir, exist_ok=True)
+        self.lock = WorkdirLock(workdir, cfg.get("trainer", "train"))
+        if jax.process_index() == 0:
+            self.lock.acquire()
+        try:
+            self._setup(trainer, workdir)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, trainer: Trainer, workdir: str) -> None:
+        cfg = self.cfg
         self.mesh, self.rules = sharding.mesh_from_config(cfg.mesh)
         sharding.check_batch(trainer.batch_rows or cfg.data.batch_size, self.mesh, self.rules)
         self.shardings, self.abstract = state_lib.state_shardings(
@@ -116,7 +138,8 @@ class Run:
         config_lib.dump(cfg, os.path.join(workdir, "config.json"))
         proto = getattr(trainer.tokenizer, "model_proto", None)
         if proto is not None:
-            atomic_write(os.path.join(workdir, "tokenizer.model"), proto)
+            atomic_write(os.path.join(workdir, "tokenizer.model"), proto, checksum=True)
+        self.skipped, self.start_step = 0.0, self.step  # non-finite steps of this process
 
         self.batch_shardings = self.shardings_of(trainer.batch_axes)
         self.rollout_shardings = (self.shardings_of(trainer.rollout_axes)
@@ -207,6 +230,7 @@ class Run:
         for s in sorted(self._rows):
             row = self._rows.pop(s)
             self.writer.write(s, row)
+            self.skipped += row.get("train/skipped", 0.0)
             self.last = row
             self._check_finite(s, row)
         self.bar.update(self.step, self.last.get("train/loss", float("nan")),
@@ -237,6 +261,26 @@ class Run:
                 f.write(json.dumps({"step": self.step, **artifacts}) + "\n")
         return metrics
 
+    def check_outcome(self) -> None:
+        """After the last step: warn when many steps were skipped as non-finite, and fail
+        when the final evaluation is not finite (exit 0 would report a broken run as done)."""
+        fraction = self.skipped / max(self.step - self.start_step, 1)
+        limit = self.cfg.train.get("max_skipped_fraction", 0.1)
+        if fraction > limit:
+            log.warning("!!! %d of %d steps (%.0f%%) were skipped for a non-finite loss or "
+                        "gradient (train.max_skipped_fraction=%g): the run barely trained. "
+                        "Lower optim.lr or enable optim.clip_norm.", self.skipped,
+                        self.step - self.start_step,
+                        100 * fraction, limit)
+        final = {k: v for k, v in self.last.items() if k.startswith("eval/") and "loss" in k}
+        bad = sorted(k for k, v in final.items() if not np.isfinite(v))
+        if bad:
+            raise NonFiniteLoss(
+                f"the final evaluation is not finite ({', '.join(f'{k}={final[k]}' for k in bad)}) "
+                f"after {self.skipped:.0f} skipped steps; the checkpoints in {self.workdir} "
+                "hold a broken model. Lower optim.lr or enable optim.clip_norm, and resume "
+                "from an earlier step with --config.checkpoint.resume_step=N")
+
     def close(self) -> None:
         """Finish pending saves and close writers (also after an error: nothing is lost)."""
         try:
@@ -244,3 +288,4 @@ class Run:
         finally:
             self.writer.close()
             self.bar.close()
+            self.lock.release()

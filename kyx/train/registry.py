@@ -1,43 +1,21 @@
-"""Map ``config.trainer`` to the module that builds it.
-
-A trainer module defines ``default_config()``, ``build_step(cfg) -> StepSpec``
-(no data) and ``build(cfg) -> Trainer`` (kyx/train/base.py). Adding a trainer is a new
-module plus one ``register(name, module)`` line below (or in your own code).
-"""
+"""Build the trainer a config names (``config.trainer``, registered in
+kyx/train/trainers.py): adopt the ``init_from`` source's architecture, validate the whole
+config, then let the trainer module set up data, models and the step."""
 from __future__ import annotations
 
-import importlib
-
-from kyx.registry import Registry
-
-TRAINERS = Registry("trainer")  # name -> loader of the trainer module
-
-
-def register(name: str, module: str) -> None:
-    """Make ``config.trainer = name`` build with the module at dotted path ``module``."""
-    if name in TRAINERS and TRAINERS.get(name).module == module:
-        return
-    TRAINERS.register(name, module=module)(lambda: importlib.import_module(module))
-
-
-register("pretrain", "kyx.train.pretrain")
-register("sft", "kyx.train.sft")
-register("rm", "kyx.train.rm")
-register("dpo", "kyx.train.dpo")
-register("ppo", "kyx.train.ppo")
-
-
-def trainer_module(name: str):
-    return TRAINERS.get(name).fn()
+from kyx.train import validation
+from kyx.train.trainers import TRAINERS, register, trainer_module  # noqa: F401 (re-exported)
 
 
 def build(cfg):
     """The Trainer for `config.trainer`; with `init_from`, the source's architecture and
-    tokenizer are adopted first (kyx.train.init_from.adopt_source)."""
+    tokenizer are adopted first (kyx.train.init_from.adopt_source), then the whole config
+    is validated (kyx/train/validation.py) before any data, mesh or model is set up."""
     from kyx.train.init_from import adopt_source
 
     module = trainer_module(cfg.trainer)
     adopt_source(cfg)
+    validation.validate(cfg)
     return module.build(cfg)
 
 

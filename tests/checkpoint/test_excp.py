@@ -267,3 +267,35 @@ def test_optax_roundtrip(tmp_path):
         x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0]
     np.testing.assert_allclose(adam.mu["dense"]["kernel"], m["dense/kernel"] / 2)
     assert int(adam.count) == 3
+
+
+def test_manifest_edit_is_a_checksum_error(tmp_path):
+    rng = np.random.default_rng(5)
+    chain = ExcpChain(tmp_path)
+    chain.append(1, *random_state(rng, SHAPES), meta={"opt_scalars": {"policy": [1, 1]}})
+    path = os.path.join(tmp_path, "manifest.json")
+    text = open(path).read()
+    assert ExcpChain(tmp_path).meta(1) == {"opt_scalars": {"policy": [1, 1]}}
+    edited = text.replace('"policy": [\n      1,', '"policy": [\n      7,')
+    assert edited != text
+    open(path, "w").write(edited)
+    with pytest.raises(CheckpointError, match="manifest.*checksum"):
+        ExcpChain(tmp_path)
+    open(path, "w").write(text[: len(text) // 2])
+    with pytest.raises(CheckpointError, match="manifest.*unreadable"):
+        ExcpChain(tmp_path)
+
+
+def test_leftover_temporary_files_removed_on_open(tmp_path):
+    import subprocess
+    import sys
+    build_chain(tmp_path, n=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [f"step_00000200.excp.tmp{dead.pid}", f"manifest.json.tmp{dead.pid}"]
+    live = f"step_00000300.excp.tmp{os.getpid()}"      # a writer of this process
+    for name in stale + [live]:
+        open(os.path.join(tmp_path, name), "wb").close()
+    chain = ExcpChain(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["manifest.json", "step_00000100.excp", live])
+    assert chain.steps() == [100]
