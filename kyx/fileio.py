@@ -28,6 +28,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, durable: bool = Tru
     if checksum:
         line = f"{hashlib.sha256(raw).hexdigest()}  {os.path.basename(path)}\n"
         atomic_write(path + DIGEST_SUFFIX, line, durable)
+    elif os.path.exists(path + DIGEST_SUFFIX):  # it would describe the old content
+        os.unlink(path + DIGEST_SUFFIX)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                                suffix=".tmp")
     try:

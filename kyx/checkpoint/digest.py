@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ from kyx.errors import CheckpointError
 FORMAT = 2
 ITEM = "digest"  # the Orbax item holding a step's digests
 MOD = 2**32
+THREADS = min(8, os.cpu_count() or 1)  # host digests: leaves summed in parallel
 
 
 def path_name(path) -> str:
@@ -175,9 +177,10 @@ def array_digests(tree) -> dict[str, str]:
     if device:
         out = np.asarray(jax.device_get(_device_tree_sums([values[i] for i in device])))
         sums.update({i: (int(v[0]), int(v[1])) for i, v in zip(device, out)})
-    for i, x in enumerate(values):
-        if i not in sums:
-            sums[i] = _host_sums(x)
+    host = sorted((i for i in range(len(values)) if i not in sums),
+                  key=lambda i: -values[i].nbytes)  # largest first: balanced threads
+    with ThreadPoolExecutor(min(THREADS, max(1, len(host)))) as pool:  # numpy frees the GIL
+        sums.update(zip(host, pool.map(lambda i: _host_sums(values[i]), host)))
     return {n: f"{sums[i][0]:08x}{sums[i][1]:08x}" for i, n in enumerate(names)}
 
 

@@ -368,6 +368,8 @@ class ExcpChain:
         """Drop every step after `step` (e.g. when training resumed from it); returns them."""
         keep = [e for e in self.manifest["steps"] if e["step"] <= step]
         dropped = [e for e in self.manifest["steps"] if e["step"] > step]
+        if not dropped:
+            return []
         self.manifest["steps"] = keep
         store.write_manifest(self.root, self.manifest)
         for e in dropped:

@@ -94,6 +94,7 @@ def manifest_digest(manifest: dict) -> str:
 def write_manifest(root: str, manifest: dict) -> None:
     body = {k: v for k, v in manifest.items() if k != "digest"}
     text = json.dumps({**body, "digest": manifest_digest(body)}, indent=1, sort_keys=True)
+    os.makedirs(root, exist_ok=True)  # a chain opened but not yet written has no directory
     _write_durably(os.path.join(root, MANIFEST), text.encode())
 
 

@@ -240,3 +240,15 @@ def test_edited_config_json_is_caught_by_its_digest(workdir, capsys):
     loaded = kyx.load(str(workdir))
     assert loaded.config.model.d_model == 32  # the checkpoint's own copy of the config
     assert "config.json is damaged" in capsys.readouterr().out
+
+
+def test_sidecar_digest_follows_the_file(tmp_path):
+    from kyx.fileio import atomic_write, read_checked
+    path = tmp_path / "f.json"
+    atomic_write(path, "one", checksum=True)
+    atomic_write(path, "two")  # rewritten without a digest: the old one must not stay
+    assert read_checked(path) == b"two" and not (tmp_path / "f.json.sha256").exists()
+    atomic_write(path, "three", checksum=True)
+    path.write_text("thrEe")
+    with pytest.raises(IntegrityError, match="f.json is damaged"):
+        read_checked(path)
