@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kyx.errors import CheckpointError
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 FORMAT = 2
 ITEM = "digest"  # the Orbax item holding a step's digests
@@ -219,6 +222,8 @@ def read(step_dir: str) -> dict | None:
     before kyx recorded digests. A damaged digest file is itself corruption."""
     path = os.path.join(step_dir, ITEM, "metadata")
     if not os.path.exists(path):
+        log.warning("checkpoint %s has no digest (written before kyx recorded digests, or "
+                    "its %s/ was removed): its values are read unverified", step_dir, ITEM)
         return None
     try:
         with open(path) as f:

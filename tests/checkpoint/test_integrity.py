@@ -252,3 +252,9 @@ def test_sidecar_digest_follows_the_file(tmp_path):
     path.write_text("thrEe")
     with pytest.raises(IntegrityError, match="f.json is damaged"):
         read_checked(path)
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(workdir, capsys):
+    shutil.rmtree(workdir / "checkpoints" / "8" / "digest")
+    assert kyx.load(str(workdir)) is not None
+    assert "checkpoints/8 has no digest" in capsys.readouterr().out
