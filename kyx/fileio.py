@@ -90,3 +90,15 @@ def read_checked(path: str | os.PathLike) -> bytes:
                 f"Restore the file (e.g. from its source run); if it was replaced on purpose, "
                 f"delete {sidecar}")
     return raw
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (unknowable cases count as alive, so a
+    file owned by someone else's process is never taken for a dead writer's leftover)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True

@@ -47,19 +47,19 @@ def path_name(path) -> str:
     return "/".join(parts)
 
 
-def _word_dtype(dtype) -> tuple[Any, Any]:
-    """(same-width unsigned type to view the bits as, numpy dtype) of an array dtype."""
+def _word_dtype(dtype):
+    """The same-width unsigned type to view an array's bits as (None for bool)."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
-        return None, dtype
+        return None
     if dtype.itemsize in (1, 2, 4):
-        return {1: np.uint8, 2: np.uint16, 4: np.uint32}[dtype.itemsize], dtype
+        return {1: np.uint8, 2: np.uint16, 4: np.uint32}[dtype.itemsize]
     raise CheckpointError(f"cannot digest arrays of dtype {dtype}")
 
 
 # ----------------------------------------------------------------------------- device path
 def _device_words(x: jax.Array) -> jax.Array:
-    unsigned, _ = _word_dtype(x.dtype)
+    unsigned = _word_dtype(x.dtype)
     if unsigned is None:
         return x.astype(jnp.uint32)
     w = x if x.dtype == unsigned else jax.lax.bitcast_convert_type(x, unsigned)
@@ -130,7 +130,7 @@ def _host_block_sums(w: np.ndarray, offsets, strides) -> tuple[int, int]:
 
 def _host_words(x: np.ndarray) -> np.ndarray:
     """The bits of ``x`` as unsigned words of its width (bool: 0 / 1)."""
-    unsigned, _ = _word_dtype(x.dtype)
+    unsigned = _word_dtype(x.dtype)
     x = x if x.flags.c_contiguous else x.copy()  # (ascontiguousarray makes 0-d 1-d)
     return x.astype(np.uint8) if unsigned is None else x.view(unsigned)
 

@@ -20,7 +20,7 @@ import numpy as np
 import zstandard
 
 from kyx.errors import CheckpointError
-from kyx.fileio import commit
+from kyx.fileio import commit, pid_alive
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
@@ -127,16 +127,6 @@ def read_manifest(root: str) -> dict | None:
     return manifest
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True   # someone else's process (or no such pid number): leave its file
-    return True
-
-
 def remove_leftovers(root: str) -> list[str]:
     """Delete ``*.tmp<PID>`` files of writers that no longer run on this host (a save
     killed mid-write); returns their names. Files of running writers are kept."""
@@ -147,7 +137,7 @@ def remove_leftovers(root: str) -> list[str]:
     removed = []
     for name in sorted(names):
         m = _TMP.search(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             try:
                 os.remove(os.path.join(root, name))
             except FileNotFoundError:

@@ -18,6 +18,7 @@ import socket
 import time
 
 from kyx.errors import KyxError, WorkdirBusy
+from kyx.fileio import pid_alive
 
 LOCK_NAME = ".kyx.lock"
 FALLBACK_NAME = ".kyx.lock.excl"
@@ -36,16 +37,6 @@ def _describe(path: str) -> str:
                 f"since {o.get('started')}")
     except (OSError, ValueError):
         return "another process"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WorkdirLock:
@@ -94,7 +85,7 @@ class WorkdirLock:
                         owner = json.load(f)
                 except (OSError, ValueError):
                     owner = {}
-                if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid", 0)):
+                if owner.get("host") == socket.gethostname() and not pid_alive(owner.get("pid", 0)):
                     os.unlink(path)  # its run died without releasing it
                     continue
                 raise WorkdirBusy(
