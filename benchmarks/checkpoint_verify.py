@@ -9,7 +9,7 @@ With --cold, the page cache is dropped before every restore (needs root; a resum
 a preemption reads from disk), else the files are read from memory (the best case for
 restore, the worst for the relative cost of the check). Prints one JSON line per size.
 
-    python benchmarks/checkpoint_verify.py [--sizes tiny,small] [--repeats 5] [--cold]
+    python benchmarks/checkpoint_verify.py [--sizes tiny,small] [--repeats 5] [--cold] [--resume]
 """
 import argparse
 import json
@@ -86,14 +86,74 @@ def bench(size: str, repeats: int, cold: bool) -> dict:
             "digest_gb_per_s": round(nbytes / 1e9 / digest_s, 2)}
 
 
+def bench_resume(size: str, repeats: int) -> dict:
+    """What the check adds to a resumed run's start: ``Run`` set-up + ``settle_restore``
+    (restore, the check in the background while the step compiles, the wait for it),
+    timed with the check and with it switched off; ``wait_s`` is the time the start
+    blocks on the check after compiling (its whole remaining cost). Round 0 (``first_*``)
+    is a start that compiles the step, as every new process does; later rounds reuse
+    the in-process compilation cache (the shortest set-up to hide the check behind)."""
+    from kyx.train import loop
+
+    cfg = config_lib.load(os.path.join(ROOT, "configs", f"pretrain.py:{size}"),
+                          ["train.measure_mfu=false", "mesh.rules=dp", "train.steps=2",
+                           "checkpoint.every=1", "train.eval_every=1000", "data.eval_batches=1"])
+    timed, waits = {True: [], False: []}, []
+    wait = digest.Verification.wait
+
+    def timed_wait(self):
+        t0 = time.perf_counter()
+        try:
+            wait(self)
+        finally:
+            waits.append(time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as workdir:
+        cfg.train.steps = 1
+        loop.run(registry.build(cfg), workdir)  # one step and its checkpoint
+        cfg.train.steps = 2  # a second step to compile
+        trainer = registry.build(cfg)
+        read = digest.read
+        digest.Verification.wait = timed_wait
+        try:
+            for i in range(repeats + 1):  # round 0: a fresh process's start (compiles)
+                for verify in ((True, False) if i == 0 else (False, True)):
+                    if not verify:
+                        digest.read = lambda step_dir: None
+                    t0 = time.perf_counter()
+                    r = loop.Run(trainer, workdir)
+                    r.settle_restore()
+                    jax.block_until_ready(r.state)
+                    elapsed = time.perf_counter() - t0
+                    r.close()
+                    digest.read = read
+                    if i:
+                        timed[verify].append(elapsed)
+                    elif verify:
+                        first = elapsed
+        finally:
+            digest.read, digest.Verification.wait = read, wait
+    plain, checked = statistics.median(timed[False]), statistics.median(timed[True])
+    waited = statistics.median(waits[1:]) if len(waits) > 1 else float("nan")
+    return {"size": size, "mode": "resume", "repeats": repeats,
+            "first_start_verified_s": round(first, 3), "first_wait_s": round(waits[0], 4),
+            "resume_start_s": round(plain, 3), "resume_start_verified_s": round(checked, 3),
+            "wait_s": round(waited, 4),
+            "difference_pct": round(100 * (checked - plain) / plain, 2)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="tiny,small")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cold", action="store_true", help="drop the page cache first")
+    parser.add_argument("--resume", action="store_true",
+                        help="also time a resumed run's start (check overlapped with compiling)")
     args = parser.parse_args()
     for size in args.sizes.split(","):
         print(json.dumps(bench(size, args.repeats, args.cold)), flush=True)
+        if args.resume:
+            print(json.dumps(bench_resume(size, args.repeats)), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 `kyx.load(workdir)` returns a loaded model for notebooks; the CLI is `kyx` (kyx/cli.py).
 """
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("kyx")  # setup.py owns the number
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not pip-installed
+    __version__ = "0+unknown"
 
 
 def load(workdir: str, step: int = -1):

@@ -1,6 +1,7 @@
 """Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
+    kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
                --top-k K --top-p P --seed S --chat]
     kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
@@ -8,12 +9,20 @@
     kyx upcycle --workdir DENSE --out MOE --num-experts E [--noise S]
     kyx rejection-sample --policy DIR --prompts FILE|mined --n 8 --out FILE [--reward T]
     kyx iterate --config configs/iterate.py:tiny --workdir DIR --config.policy=SFT_DIR
+    kyx data prepare|stats --config configs/pretrain.py:tiny
+
+    kyx COMMAND --help     that command's options (train: the shipped configs and presets)
+    kyx --version          the installed kyx version
+    kyx --verbose COMMAND  also show the libraries' logs (Orbax, tfds, grain via absl);
+                           accepted after the command too
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
+import kyx
+from kyx import logs
 from kyx.errors import KyxError
 
 # command -> module with main(argv) -> exit code (imported only when used)
@@ -25,11 +34,19 @@ COMMANDS = {
     "upcycle": "kyx.commands.upcycle",
     "rejection-sample": "kyx.commands.rejection_sample",
     "iterate": "kyx.commands.iterate",
+    "data": "kyx.commands.data",
 }
+VERBOSE = "--verbose"
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if VERBOSE in argv:  # global flag, before or after the command
+        argv = [a for a in argv if a != VERBOSE]
+        logs.set_verbose(True)
+    if argv[:1] == ["--version"]:
+        print(f"kyx {kyx.__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):

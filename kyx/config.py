@@ -3,6 +3,10 @@
 A config file defines `get_config(arg: str | None = None) -> ConfigDict`; `arg` picks a
 preset ('tiny', 'small', ...). Overrides (`--config.a.b=value` or `a.b=value`) are parsed
 by the type of the field they replace, so typos and bad values fail before training.
+
+The repository's configs/ ships inside the package as ``kyx.configs``, so a spec such as
+`pretrain.py:tiny` or `configs/pretrain.py:tiny` names the shipped file whenever there is
+no such file in the working directory (e.g. after `pip install git+...`).
 """
 from __future__ import annotations
 
@@ -15,17 +19,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import ml_collections
+from etils import epath
 from ml_collections import config_dict
 
 from kyx.errors import ConfigError, IntegrityError
-from kyx.fileio import atomic_write, read_checked
+from kyx.fileio import as_path, atomic_write, read_checked
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
 
+SHIPPED_PACKAGE = "kyx.configs"  # setup.py: package_dir {"kyx.configs": "configs"}
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 
@@ -98,10 +104,77 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(path), (arg or None)
 
 
+class ConfigFile(NamedTuple):
+    """A config file shipped with kyx: its path, preset names and first docstring line."""
+
+    path: Path
+    presets: list[str]
+    summary: str
+
+
+def shipped_dir() -> Path | None:
+    """The folder of the config files shipped with kyx: the installed ``kyx.configs``
+    package, else configs/ beside the kyx package (a source checkout on sys.path)."""
+    try:
+        spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    return checkout if (checkout / "__init__.py").is_file() else None
+
+
+def shipped_configs() -> list[ConfigFile]:
+    """The shipped config files, sorted by name, read without running them."""
+    folder = shipped_dir()
+    if folder is None:
+        return []
+    return [describe_file(p) for p in sorted(folder.glob("*.py")) if p.name != "__init__.py"]
+
+
+def describe_file(path: Path) -> ConfigFile:
+    """A config file's presets (the string keys of its top-level ``PRESETS`` dict literal)
+    and the first line of its docstring, from its syntax tree: nothing is imported."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    presets: list[str] = []
+    for node in tree.body:
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if (any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in targets)
+                and isinstance(node.value, ast.Dict)):
+            presets = [k.value for k in node.value.keys
+                       if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    doc = (ast.get_docstring(tree) or "").strip()
+    return ConfigFile(path, presets, doc.splitlines()[0] if doc else "")
+
+
+def shipped_configs_text() -> str:
+    """One line per shipped config file: `name.py [presets]: summary`."""
+    lines = [f"  {c.path.name} [{', '.join(c.presets) or 'no presets'}]: {c.summary}"
+             for c in shipped_configs()]
+    return "\n".join(lines) if lines else "  (none found: is kyx installed?)"
+
+
+def find_file(path: Path) -> Path:
+    """``path`` when that file exists; else, for a bare name or ``configs/<name>``, the
+    config of that name shipped with kyx; else a ConfigError listing the shipped ones."""
+    if path.is_file():
+        return path
+    folder = shipped_dir()
+    if (folder is not None and not path.is_absolute()
+            and path.parent in (Path("."), Path("configs"))
+            and (folder / path.name).is_file()):
+        return folder / path.name
+    raise ConfigError(f"config file {path} does not exist (cwd: {os.getcwd()}). The configs "
+                      "shipped with kyx (use e.g. --config pretrain.py:tiny), with their "
+                      f"presets:\n{shipped_configs_text()}")
+
+
 def _import_file(path: Path):
-    """Import a Python file by path; its directory is on sys.path while it runs."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (cwd: {os.getcwd()})")
+    """Import a Python file by path (``find_file``); its directory is on sys.path while it
+    runs."""
+    path = find_file(path)
     name = f"_kyx_config_{path.stem}_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
@@ -302,10 +375,10 @@ def _jsonable(value: Any, key: str) -> Any:
                       "as JSON; use str/int/float/bool/None or tuples of them")
 
 
-def dump(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> Path:
-    """Write the config as JSON (sorted keys, indent 2) atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def dump(cfg: ml_collections.ConfigDict, path: str | os.PathLike) -> epath.Path:
+    """Write the config as JSON (sorted keys, indent 2) atomically to a local path or a
+    storage URL (kyx/fileio.py); returns the path."""
+    path = as_path(path)
     text = json.dumps(to_dict(cfg), sort_keys=True, indent=2) + "\n"
     atomic_write(path, text, checksum=True)  # load_json verifies it
     return path
@@ -317,7 +390,7 @@ def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
     A damaged (e.g. truncated) workdir ``config.json`` falls back, with a warning, to the
     copy of the resolved config stored with the newest readable checkpoint."""
-    path = Path(path)
+    path = as_path(path)
     try:
         data = json.loads(read_checked(path).decode("utf-8"))
         problem = None if isinstance(data, dict) else (
@@ -336,7 +409,7 @@ def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
 STORED_CONFIG = "checkpoints/<step>/config/metadata"
 
 
-def _stored_config(path: Path, problem: str) -> dict:
+def _stored_config(path: epath.Path, problem: str) -> dict:
     """The resolved config every checkpoint of a workdir stores next to its state, from
     the newest step whose copy reads; else a ConfigError saying where copies live."""
     message = f"config JSON {path} {problem}"
@@ -379,5 +452,5 @@ def lock(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return locked
 
 
-__all__ = ["load", "split_spec", "parse_cli", "apply_overrides", "parse_value", "to_dict",
-           "dump", "load_json", "lock"]
+__all__ = ["load", "split_spec", "find_file", "shipped_configs", "parse_cli",
+           "apply_overrides", "parse_value", "to_dict", "dump", "load_json", "lock"]

@@ -5,6 +5,12 @@ slices (TPU_WORKER_HOSTNAMES with more than one host, or MEGASCALE_* multislice)
 jobs with more than one task, and Open MPI (OMPI_COMM_WORLD_SIZE > 1). Otherwise kyx runs
 as a single process. Must run before any other JAX call. With only JAX_COORDINATOR_ADDRESS
 set, also set JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host.
+
+Who writes what in a run of several processes on one shared workdir: every process takes
+part in Orbax's checkpoint saves (each writes the shards it holds) and reads what it
+restores; the run's own files (config.json, tokenizer files, metrics, TensorBoard, plots,
+console output, the workdir lock, the ExCP chain, exports) are written by the one process
+for which ``is_writer()`` holds, process 0. Every such gate in kyx asks ``is_writer``.
 """
 from __future__ import annotations
 
@@ -29,6 +35,20 @@ def cluster_detected(env=os.environ) -> bool:
     if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
         return True
     return int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's own files (process 0; True when alone)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the run reaches ``barrier(name)`` (nothing to wait for
+    in a single-process run); e.g. readers finish before the writer changes a file."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def maybe_initialize() -> None:

@@ -102,3 +102,47 @@ def fast_overrides(small_corpus, tmp_path_factory):
         "optim.warmup_steps=2", "optim.lr=3e-3",
         "checkpoint.every=4", "checkpoint.async_save=false",
     ]
+
+
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>")   # ids 0..4
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """llama3_tokenizer(path, template=LLAMA3_TEMPLATE) -> path holding a byte-level BPE
+    tokenizer.json (vocab 400) with Llama 3's special tokens (ids 0..4), its
+    tokenizer_config.json (bos, eos = <|eot_id|>, the template) and a config.json naming
+    the ids: a Hugging Face chat model's tokenizer made without a download."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    def write(path, template=LLAMA3_TEMPLATE):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(LLAMA3_SPECIALS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        text = ["def add(a, b):\n    return a + b\n", "Answer in Python. Now three numbers.\n"]
+        tok.train_from_iterator(text * 30, trainer)
+        os.makedirs(path, exist_ok=True)
+        tok.save(os.path.join(path, "tokenizer.json"))
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast",
+                       "bos_token": LLAMA3_SPECIALS[0], "eos_token": "<|eot_id|>",
+                       "chat_template": template}, f)
+        config = os.path.join(path, "config.json")
+        if not os.path.exists(config):
+            with open(config, "w") as f:
+                json.dump({"model_type": "llama", "bos_token_id": 0, "eos_token_id": 4}, f)
+        return path
+    return write

@@ -9,11 +9,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KYX = os.path.join(ROOT, "kyx")
 
 # package -> kyx packages it may import (besides itself and the leaf modules below)
-LEAVES = {"kyx.errors", "kyx.axes", "kyx.fileio", "kyx.logs", "kyx.registry"}
+LEAVES = {"kyx.errors", "kyx.axes", "kyx.fileio", "kyx.logs", "kyx.registry",
+          "kyx.distributed"}
 LAYERS = {
     "kyx.config": set(),
     "kyx.sharding": set(),
-    "kyx.metrics": set(),
+    "kyx.telemetry": set(),
+    "kyx.metrics": {"kyx.telemetry"},
     "kyx.distributed": set(),
     "kyx.objectives": set(),
     "kyx.model": {"kyx.sharding", "kyx.objectives"},
@@ -22,7 +24,8 @@ LAYERS = {
     "kyx.interop": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint"},
     "kyx.rewards": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint",
                     "kyx.interop"},
-    "kyx.train": {"kyx.config", "kyx.sharding", "kyx.metrics", "kyx.objectives", "kyx.model",
+    "kyx.train": {"kyx.config", "kyx.sharding", "kyx.metrics", "kyx.telemetry",
+                  "kyx.objectives", "kyx.model",
                   "kyx.data", "kyx.checkpoint", "kyx.interop", "kyx.rewards"},
     "kyx.alignment": {"kyx.config", "kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint",
                       "kyx.interop", "kyx.rewards", "kyx.train"},

@@ -31,7 +31,6 @@ import copy
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -43,6 +42,7 @@ from kyx.checkpoint.workdir_lock import WorkdirLock
 from kyx.alignment.evaluate import evaluate
 from kyx.alignment.policy import Policy
 from kyx.data import preference as data_pref
+from kyx.distributed import is_writer
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write
 from kyx.logs import get_logger
@@ -105,7 +105,7 @@ class Driver:
                               "'policy' for self-rewarding)")
         self.mesh, self.rules = sharding.mesh_from_config(cfg.mesh)
         self.lock = WorkdirLock(workdir, "iterate")  # one driver per workdir, until run() ends
-        if jax.process_index() == 0:
+        if is_writer():
             self.lock.acquire()
         try:
             self.state_path = os.path.join(workdir, "state.json")

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kyx import sharding
-from kyx.data.chat import ChatTemplate
 from kyx.data.hf_tokenizer import load_tokenizer
 from kyx.data.prompts import PromptBatch, prompt_row
+from kyx.data.templates import template_of
 from kyx.errors import ConfigError
 from kyx.interop import sources
 from kyx.model.params import param_shardings
@@ -31,7 +31,7 @@ class Policy:
         self.module = Decoder(sources.model_config(source))
         self.params = sources.load_params(source, self.module, mesh, rules)
         self.tokenizer = load_tokenizer(source)
-        self.template = ChatTemplate(self.tokenizer)
+        self.template = template_of(self.tokenizer, sources.run_config(source))
         self.prompt_len = prompt_len
         p_sh, _ = param_shardings(self.module, mesh, rules)
         self.sampler = Sampler(self.module, p_sh, mesh, rules, self.tokenizer,
@@ -47,7 +47,7 @@ class Policy:
                               f"split over the mesh's {self.divisor} batch shards")
         for start in range(0, len(prompts), batch_prompts):
             chunk = [prompt_row(self.template, p["prompt"], p.get("system", ""),
-                                self.prompt_len, start + i)[0]
+                                self.prompt_len, start + i, p.get("history", ()))[0]
                      for i, p in enumerate(prompts[start:start + batch_prompts])]
             yield start, PromptBatch(batch_prompts, n, 0, 1)(chunk)
 

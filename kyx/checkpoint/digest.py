@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kyx import fileio
 from kyx.errors import CheckpointError
 from kyx.logs import get_logger
 
@@ -220,20 +221,54 @@ def verify_json(stored: dict, name: str, value: Any, where: str) -> None:
 def read(step_dir: str) -> dict | None:
     """The digest item of a committed step directory, None for checkpoints written
     before kyx recorded digests. A damaged digest file is itself corruption."""
-    path = os.path.join(step_dir, ITEM, "metadata")
-    if not os.path.exists(path):
+    path = fileio.as_path(step_dir) / ITEM / "metadata"  # local or a storage URL
+    if not path.exists():
         log.warning("checkpoint %s has no digest (written before kyx recorded digests, or "
                     "its %s/ was removed): its values are read unverified", step_dir, ITEM)
         return None
     try:
-        with open(path) as f:
-            stored = json.load(f)
+        stored = json.loads(path.read_text())
         if stored.get("format") != FORMAT or not isinstance(stored.get("arrays"), dict):
             raise ValueError(f"unknown digest format {stored.get('format')!r}")
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, *fileio.storage_errors()) as e:
         raise CheckpointError(f"checkpoint {step_dir} is corrupted: unreadable digest "
                               f"{path}: {e}") from e
     return stored
+
+
+def verify_restored(stored: dict, out: dict, where: str) -> None:
+    """Check the ``state``, ``data`` and ``config`` items of one restore."""
+    verify_arrays(stored, out["state"], where)
+    verify_json(stored, "data", out["data"], where)
+    verify_json(stored, "config", out["config"], where)
+
+
+class Verification:
+    """The check of one restore, run now or in a background thread.
+
+    A resumed run overlaps the check with compiling its step (kyx/train/loop.py) and
+    waits for it before the first step may overwrite the restored arrays; ``wait()``
+    raises the CheckpointError of a mismatch.
+    """
+
+    def __init__(self, stored: dict | None, out: dict, where: str, background: bool):
+        self._future = None
+        if stored is None:
+            return
+        if background:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="kyx-verify")
+            self._future = pool.submit(verify_restored, stored, out, where)
+            pool.shutdown(wait=False)
+        else:
+            verify_restored(stored, out, where)
+
+    @property
+    def in_background(self) -> bool:
+        return self._future is not None
+
+    def wait(self) -> None:
+        if self._future is not None:
+            self._future.result()
 
 
 def verify_host_state(step_dir: str, tree) -> None:

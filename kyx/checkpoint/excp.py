@@ -21,7 +21,9 @@ from kyx.checkpoint.excp_optax import (flat_to_tree, flatten_adam, scanned_layer
 from kyx.checkpoint.excp_quant import (BITS, Quantized, dequantize, kmeans_1d, pack_indices,
                                        prune_moments, prune_weight_residual, quantize,
                                        unpack_indices)
+from kyx.distributed import is_writer
 from kyx.errors import CheckpointError, ConfigError
+from kyx.fileio import as_path, is_local
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
@@ -160,11 +162,11 @@ class ExcpChain:
 
     def __init__(self, root: str, options: ExcpOptions | None = None,
                  reference: str | Mapping = "lossless"):
-        self.root = os.path.abspath(root)
+        self.root = str(as_path(root))  # a local path or a storage URL
         self.manifest = store.read_manifest(self.root) or {
             "format": "kyx-excp", "version": store.VERSION, "reference": None, "steps": []}
         self.manifest["version"] = store.VERSION   # rewritten with a digest at the next write
-        removed = store.remove_leftovers(self.root)
+        removed = store.remove_leftovers(self.root) if is_writer() else []
         if removed:
             log.info("ExCP: removed %s left in %s by a killed save", removed, self.root)
         if options is None and self.manifest.get("options"):
@@ -218,7 +220,8 @@ class ExcpChain:
             base_kind, base = "reference", _as_flat_f32(self._reference)
         if base is not None:
             _check_same(base, w_all, f"step {step} and its base ({base_kind})")
-        os.makedirs(self.root, exist_ok=True)
+        if is_local(self.root):
+            os.makedirs(self.root, exist_ok=True)
         if base_kind == "reference":
             self._write_reference(base)
         fname = f"step_{step:08d}.excp"
@@ -364,17 +367,20 @@ class ExcpChain:
             w, m, v = self._read(e, f"step {e['step']}", w, moments=moments and last)
         return w, m, v
 
-    def truncate(self, step: int) -> list[int]:
-        """Drop every step after `step` (e.g. when training resumed from it); returns them."""
+    def truncate(self, step: int, write: bool = True) -> list[int]:
+        """Drop every step after `step` (e.g. when training resumed from it); returns them.
+        With ``write`` False only this object forgets them (a reader of a chain that
+        another process writes)."""
         keep = [e for e in self.manifest["steps"] if e["step"] <= step]
         dropped = [e for e in self.manifest["steps"] if e["step"] > step]
         if not dropped:
             return []
         self.manifest["steps"] = keep
-        store.write_manifest(self.root, self.manifest)
-        for e in dropped:
-            if os.path.exists(self._path(e["file"])):
-                os.remove(self._path(e["file"]))
         if self._cache is not None and self._cache[0] > step:
             self._cache = None
+        if not write:
+            return [e["step"] for e in dropped]
+        store.write_manifest(self.root, self.manifest)
+        for e in dropped:
+            as_path(self._path(e["file"])).unlink(missing_ok=True)
         return [e["step"] for e in dropped]

@@ -10,6 +10,10 @@ Every trainable model of the TrainState is compressed (tensor names ``<model>/<p
 frozen models (no optimizer state, e.g. DPO's reference) never change, so they are not
 put in the chain: a reconstruction takes them from a full Orbax checkpoint of the run
 (``keep_full >= 2`` of them always exist).
+
+In a run of several processes every process reads the chain (to resume from it) but only
+process 0 (``kyx.distributed.is_writer``) compresses, writes, truncates or sets it aside;
+on the others those calls change only what the Archiver holds in memory.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ from kyx.checkpoint import digest
 from kyx.checkpoint.excp import ExcpChain, ExcpOptions
 from kyx.checkpoint.manager import Checkpointer
 from kyx.checkpoint.excp_optax import find_adam_state, flat_to_tree, flatten_adam, unflatten_adam
+from kyx.distributed import is_writer
 from kyx.errors import CheckpointError
+from kyx.fileio import as_path
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
@@ -55,11 +61,16 @@ def chain_dir(workdir: str) -> str:
 
 def read_state_numpy(step_dir: str, abstract_state):
     """A committed Orbax checkpoint's train state as host numpy arrays, verified against
-    the digests saved with it (kyx/checkpoint/digest.py)."""
+    the digests saved with it (kyx/checkpoint/digest.py). Only this process reads (no
+    barrier with the others: the ExCP writer reads in its own thread)."""
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                 abstract_state)
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                               active_processes={jax.process_index()})
+    reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
+                              multiprocessing_options=alone)
     try:
-        state = ocp.PyTreeCheckpointer().restore(
+        state = reader.restore(
             os.path.join(step_dir, "state"),
             args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args))
     except Exception as e:
@@ -70,10 +81,9 @@ def read_state_numpy(step_dir: str, abstract_state):
 
 def read_data_state(step_dir: str) -> Any:
     """The data-iterator state saved with a committed Orbax checkpoint."""
-    path = os.path.join(step_dir, "data", "metadata")
+    path = as_path(step_dir) / "data" / "metadata"
     try:
-        with open(path) as f:
-            value = json.load(f)
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the data-iterator state {path}: {e}") from e
     stored = digest.read(step_dir)
@@ -165,7 +175,7 @@ def frozen_from_full(ckpt_dir: str, state, abstract_state):
     frozen = [n for n, m in abstract_state.models.items() if m.opt_state is None]
     if not frozen:
         return state
-    ckpt = Checkpointer(ckpt_dir, read_only=True) if os.path.isdir(ckpt_dir) else None
+    ckpt = Checkpointer(ckpt_dir, read_only=True) if as_path(ckpt_dir).is_dir() else None
     errors = []
     for s in reversed(ckpt.steps() if ckpt else []):
         try:
@@ -181,11 +191,12 @@ def frozen_from_full(ckpt_dir: str, state, abstract_state):
 
 
 def set_aside(root: str) -> str:
-    """Rename a chain directory to the first free ``<root>.old<N>``; returns the new path."""
+    """Rename a chain directory to the first free ``<root>.old<N>``; returns the new path.
+    (On an object store a "rename" copies every object, then deletes the originals.)"""
     n = 1
-    while os.path.exists(f"{root}.old{n}"):
+    while as_path(f"{root}.old{n}").exists():
         n += 1
-    os.rename(root, f"{root}.old{n}")
+    as_path(root).rename(as_path(f"{root}.old{n}"))
     return f"{root}.old{n}"
 
 
@@ -205,6 +216,7 @@ class Archiver:
             self.damaged = e
         self.abstract = abstract_state
         self.ckpt_dir = ckpt_dir
+        self.writes = is_writer()  # False: a reader of the chain (another process writes)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="excp")
         self.futures: list[concurrent.futures.Future] = []
         self.stats: list[dict] = []
@@ -216,7 +228,10 @@ class Archiver:
         """Set the current chain directory aside (kept, not deleted) and start an empty
         chain, whose first entry will be `step`."""
         self.wait()
-        aside = set_aside(self.root) if os.path.exists(self.root) else None
+        if not self.writes:
+            self.chain, self.damaged = None, None
+            return
+        aside = set_aside(self.root) if as_path(self.root).exists() else None
         self.chain, self.damaged = ExcpChain(self.root, self.options), None
         log.warning("ExCP: %s; starting a fresh chain in %s at step %d%s", reason, self.root,
                     step, f" (the old one is kept as {aside}; delete it when not needed)"
@@ -226,20 +241,21 @@ class Archiver:
         """Resuming from `step`: later chain entries describe a future that is discarded."""
         if self.chain is None:
             return
-        dropped = self.chain.truncate(step)
+        dropped = self.chain.truncate(step, write=self.writes)
         if dropped:
             log.info("ExCP: dropped compressed steps %s newer than resume step %d", dropped, step)
 
     def submit(self, step: int, data_state: Any) -> None:
         """Queue a committed Orbax step (call after Orbax finished writing it)."""
-        if self.chain.steps() and step <= self.chain.steps()[-1]:
+        if not self.writes or (self.chain.steps() and step <= self.chain.steps()[-1]):
             return
         self.futures.append(self.pool.submit(self._compress, step, data_state))
 
     def submit_left_over(self, step: int) -> None:
         """Queue a full checkpoint that an interrupted run saved but did not compress; if
         it cannot be read, the chain goes on without it (with a warning)."""
-        self.futures.append(self.pool.submit(self._compress_left_over, step))
+        if self.writes:
+            self.futures.append(self.pool.submit(self._compress_left_over, step))
 
     def _compress_left_over(self, step: int) -> dict | None:
         try:
@@ -252,7 +268,8 @@ class Archiver:
     def submit_state(self, state, data_state: Any) -> None:
         """Queue a host train state (numpy leaves, not modified afterwards) that has no
         full checkpoint, e.g. one reconstructed from an earlier chain."""
-        self.futures.append(self.pool.submit(self._append, state, data_state))
+        if self.writes:
+            self.futures.append(self.pool.submit(self._append, state, data_state))
 
     def _compress(self, step: int, data_state: Any) -> dict:
         state = read_state_numpy(os.path.join(self.ckpt_dir, str(step)), self.abstract)

@@ -5,11 +5,14 @@ Each blob is one coder frame (zstd / lzma / none) whose blake2b-128 digest, offs
 length are in the footer; the footer's own digest is in the manifest, whose own digest
 (over every other field) is its ``digest`` field. Files and the manifest are written to
 ``<name>.tmp<PID>``, fsynced and renamed (atomic on POSIX); a killed writer's leftovers
-are removed by ``remove_leftovers``.
+are removed by ``remove_leftovers``. In a chain on an object store (``gs://``) each file
+is one upload of the finished bytes (an object appears whole or not at all), so there is
+nothing temporary to leave behind.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import lzma
 import os
@@ -20,7 +23,7 @@ import numpy as np
 import zstandard
 
 from kyx.errors import CheckpointError
-from kyx.fileio import commit, pid_alive
+from kyx.fileio import as_path, commit, is_local, pid_alive
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
@@ -72,6 +75,9 @@ def _tmp_name(path: str) -> str:
 
 
 def _write_durably(path: str, data: bytes) -> None:
+    if not is_local(path):
+        as_path(path).write_bytes(data)
+        return
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
@@ -94,19 +100,19 @@ def manifest_digest(manifest: dict) -> str:
 def write_manifest(root: str, manifest: dict) -> None:
     body = {k: v for k, v in manifest.items() if k != "digest"}
     text = json.dumps({**body, "digest": manifest_digest(body)}, indent=1, sort_keys=True)
-    os.makedirs(root, exist_ok=True)  # a chain opened but not yet written has no directory
+    if is_local(root):  # a chain opened but not yet written has no directory
+        os.makedirs(root, exist_ok=True)
     _write_durably(os.path.join(root, MANIFEST), text.encode())
 
 
 def read_manifest(root: str) -> dict | None:
     """The verified manifest of a chain directory (None if it has none); a truncated,
     edited or corrupted manifest is a CheckpointError."""
-    path = os.path.join(root, MANIFEST)
-    if not os.path.exists(path):
+    path = as_path(root) / MANIFEST
+    if not path.exists():
         return None
     try:
-        with open(path, "rb") as f:
-            manifest = json.loads(f.read())
+        manifest = json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"ExCP manifest {path} is unreadable (truncated or "
                               f"corrupted): {e}") from e
@@ -129,7 +135,11 @@ def read_manifest(root: str) -> dict | None:
 
 def remove_leftovers(root: str) -> list[str]:
     """Delete ``*.tmp<PID>`` files of writers that no longer run on this host (a save
-    killed mid-write); returns their names. Files of running writers are kept."""
+    killed mid-write); returns their names. Files of running writers are kept. Call it
+    from the chain's one writer only (``kyx.distributed.is_writer``): the PID of another
+    host's writer means nothing here."""
+    if not is_local(root):
+        return []
     try:
         names = os.listdir(root)
     except OSError:
@@ -147,12 +157,14 @@ def remove_leftovers(root: str) -> list[str]:
 
 
 class StepWriter:
-    """Streams compressed blobs into a temporary step file; `finish` commits it."""
+    """Streams compressed blobs into a temporary step file; `finish` commits it. For a
+    remote chain the file is built in memory (compressed blobs, far smaller than the host
+    state being compressed) and uploaded whole by `finish`."""
 
     def __init__(self, path: str, coder: str, level: int | None):
         self.path, self.coder, self.level = path, coder, level
-        self.tmp = _tmp_name(path)
-        self.f = open(self.tmp, "wb")
+        self.tmp = _tmp_name(path) if is_local(path) else None
+        self.f = open(self.tmp, "wb") if self.tmp else io.BytesIO()
         self.f.write(MAGIC)
         self.offset = len(MAGIC)
 
@@ -169,6 +181,10 @@ class StepWriter:
         body = json.dumps(footer, separators=(",", ":"), sort_keys=True).encode()
         self.f.write(body)
         self.f.write(_TAIL.pack(len(body), MAGIC))
+        if self.tmp is None:
+            as_path(self.path).write_bytes(self.f.getvalue())
+            self.f.close()
+            return self.offset + len(body) + _TAIL.size, digest(body)
         self.f.flush()
         os.fsync(self.f.fileno())
         self.f.close()
@@ -177,7 +193,7 @@ class StepWriter:
 
     def abort(self) -> None:
         self.f.close()
-        if os.path.exists(self.tmp):
+        if self.tmp is not None and os.path.exists(self.tmp):
             os.remove(self.tmp)
 
 
@@ -186,9 +202,9 @@ class StepReader:
 
     def __init__(self, path: str, label: str, footer_hash: str | None = None):
         self.path, self.label = path, label
-        if not os.path.exists(path):
+        if not as_path(path).exists():
             raise CheckpointError(f"ExCP {label}: file {path} is missing (broken chain link)")
-        self.f = open(path, "rb")
+        self.f = as_path(path).open("rb")
         try:
             self.footer = self._read_footer(footer_hash)
         except BaseException:

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 
 from kyx.checkpoint import digest as digest_lib
 from kyx.errors import CheckpointError
+from kyx.fileio import as_path
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
@@ -63,11 +64,13 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                  read_only: bool = False):
-        self.directory = os.path.abspath(directory)
+        self.directory = str(as_path(directory))  # a local path or a storage URL
         self.read_only = read_only
+        # read-only: the values orbax would otherwise force, with a warning line for each
+        writes = (dict(max_to_keep=None, save_interval_steps=0, create=False) if read_only
+                  else dict(max_to_keep=keep, create=True))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
-            read_only=read_only)
+            enable_async_checkpointing=async_save, read_only=read_only, **writes)
         handlers = None
         if read_only:  # partial restores and metadata need the PyTree handler up front
             handlers = {"state": ocp.PyTreeCheckpointHandler(),
@@ -100,6 +103,14 @@ class Checkpointer:
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """Restore one step onto the shardings carried by `abstract_state`, verified
         against the digests saved with it."""
+        state, data, config, _ = self.restore_unverified(step, abstract_state, False)
+        return state, data, config
+
+    def restore_unverified(self, step: int, abstract_state, background: bool = True
+                           ) -> tuple[Any, Any, dict, digest_lib.Verification]:
+        """``restore`` whose digest check runs in a background thread (``background``):
+        the caller must ``wait()`` on the returned Verification before trusting (or
+        donating) the state."""
         stored = digest_lib.read(self.step_dir(step))
         try:
             state_args = (ocp.args.PyTreeRestore(
@@ -112,12 +123,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint step {step} at {self.step_dir(step)} is unreadable or corrupted: "
                 f"{type(e).__name__}: {str(e)[:300]}") from e
-        if stored is not None:
-            where = self.step_dir(step)
-            digest_lib.verify_arrays(stored, out["state"], where)
-            digest_lib.verify_json(stored, "data", out["data"], where)
-            digest_lib.verify_json(stored, "config", out["config"], where)
-        return out["state"], out["data"], out["config"]
+        check = digest_lib.Verification(stored, out, self.step_dir(step), background)
+        return out["state"], out["data"], out["config"], check
 
     def model_names(self, step: int) -> list[str]:
         """Models stored at ``step`` (read-only Checkpointers)."""
@@ -174,25 +181,29 @@ class Checkpointer:
         """A params-only checkpoint (converted or upcycled models; read by ``init_from``)."""
         self.save(step, {"models": {name: {"params": params}}}, {}, config, force=True)
 
-    def restore_latest(self, abstract_state, step: int = -1):
-        """Newest readable checkpoint (or exactly `step`); None when there is none.
+    def restore_latest(self, abstract_state, step: int = -1, skip=(), background: bool = False):
+        """Newest readable checkpoint (or exactly `step`), ignoring the steps in ``skip``
+        (found damaged earlier); None when there is none.
 
-        Returns (step, state, data_state, config). A corrupted newest checkpoint is
-        reported by path and skipped in favour of the previous one.
+        Returns (step, state, data_state, config, Verification). A checkpoint that fails
+        to read (or, unless the check runs in the ``background``, to verify) is reported by
+        path and skipped in favour of the previous one.
         """
-        steps = self.steps()
+        stored = self.steps()
+        steps = [s for s in stored if s not in skip]
         if step >= 0:
             if step not in steps:
                 raise CheckpointError(
-                    f"no checkpoint for step {step} in {self.directory}; available: {steps}")
-            return (step, *self.restore(step, abstract_state))
+                    f"no readable checkpoint for step {step} in {self.directory}; "
+                    f"available: {steps}")
+            return (step, *self.restore_unverified(step, abstract_state, background))
         for s in reversed(steps):
             try:
-                return (s, *self.restore(s, abstract_state))
+                return (s, *self.restore_unverified(s, abstract_state, background))
             except CheckpointError as e:
                 log.warning("%s; falling back to the previous checkpoint", e)
-        if steps:
-            raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {steps})")
+        if stored:
+            raise CheckpointError(f"no readable checkpoint in {self.directory} (tried {stored})")
         return None
 
     def step_dir(self, step: int) -> str:
@@ -201,6 +212,4 @@ class Checkpointer:
 
 def read_config(directory: str, step: int) -> dict:
     """The resolved config stored next to checkpoint `step`."""
-    path = os.path.join(directory, str(step), "config", "metadata")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads((as_path(directory) / str(step) / "config" / "metadata").read_text())

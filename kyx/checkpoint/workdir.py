@@ -7,20 +7,21 @@ from kyx import config as config_lib
 from kyx import sharding
 from kyx.checkpoint.manager import Checkpointer
 from kyx.errors import CheckpointError
+from kyx.fileio import as_path
 from kyx.model.params import param_shardings
 
 
 def read_config(workdir: str):
-    """The workdir's resolved config (config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    """The workdir's resolved config (config.json), local or at a storage URL."""
+    path = as_path(workdir) / "config.json"
+    if not path.exists():
         raise CheckpointError(f"{workdir!r} is not a kyx workdir (no config.json)")
     return config_lib.load_json(path)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
+    directory = as_path(workdir) / "checkpoints"
+    if not directory.is_dir():
         return []
     return Checkpointer(directory, read_only=True).steps()
 

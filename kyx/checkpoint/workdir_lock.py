@@ -6,7 +6,9 @@ the kernel (or the NFS server) drops it when its process dies, even by SIGKILL, 
 stale lock cannot block a resume. Filesystems without ``flock`` (some FUSE mounts) get
 an exclusive-create lock file instead, taken over when its owner on this host is gone.
 The file records who holds it (host, pid, command, start time) for the error message.
-Only process 0 of a multi-host run locks: its hosts share one workdir by design.
+Only process 0 of a multi-host run locks (``kyx.distributed.is_writer``): its hosts share
+one workdir by design. A workdir on an object store (``gs://``) has no flock: it gets a
+lease instead (kyx/checkpoint/remote_lock.py).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import os
 import socket
 import time
 
+from kyx.checkpoint import remote_lock
 from kyx.errors import KyxError, WorkdirBusy
-from kyx.fileio import pid_alive
+from kyx.fileio import as_path, is_local, pid_alive
 
 LOCK_NAME = ".kyx.lock"
 FALLBACK_NAME = ".kyx.lock.excl"
@@ -46,11 +49,19 @@ class WorkdirLock:
         self.workdir, self.command = workdir, command
         self._fd: int | None = None
         self._fallback: str | None = None
+        self._remote: remote_lock.Lease | None = None
+        self._dir = ""  # the local workdir, absolute (set by acquire)
 
     def acquire(self) -> WorkdirLock:
+        root = as_path(self.workdir)  # a KyxError for an unusable URL, before any write
+        if not is_local(root):
+            self._remote = remote_lock.Lease(root / LOCK_NAME, _owner(self.command),
+                                             self.workdir).acquire()
+            return self
+        self._dir = os.fspath(root)
         try:
-            os.makedirs(self.workdir, exist_ok=True)
-            path = os.path.join(self.workdir, LOCK_NAME)
+            os.makedirs(self._dir, exist_ok=True)
+            path = os.path.join(self._dir, LOCK_NAME)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise KyxError(f"cannot write to the workdir {self.workdir!r}: {e.strerror}; "
@@ -75,7 +86,7 @@ class WorkdirLock:
         return self
 
     def _acquire_fallback(self) -> None:
-        path = os.path.join(self.workdir, FALLBACK_NAME)
+        path = os.path.join(self._dir, FALLBACK_NAME)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -98,6 +109,9 @@ class WorkdirLock:
             return
 
     def release(self) -> None:
+        if self._remote is not None:
+            self._remote.release()
+            self._remote = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

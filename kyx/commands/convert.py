@@ -6,6 +6,12 @@
 A converted workdir holds `config.json` (a full pretraining config whose `model` section
 comes from the HF config, plus `interop.layout`), the tokenizer files and a params-only
 Orbax checkpoint at step 0, so `kyx sample`, `kyx.load` and `init_from` accept it.
+
+An exported HF directory holds config.json, safetensors and the tokenizer files that
+transformers and other tools read (kyx/interop/hf_tokenizer_export.py): tokenizer.json,
+tokenizer_config.json with `add_bos_token` and kyx's chat template, special_tokens_map.json
+and generation_config.json; `AutoTokenizer` + `AutoModelForCausalLM` on it reproduce
+`kyx sample --temperature 0` token for token.
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ import ml_collections
 from kyx import config as config_lib
 from kyx.checkpoint.manager import Checkpointer
 from kyx.checkpoint.workdir_lock import WorkdirLock
+from kyx.data.hf_tokenizer import ADD_TOKENIZER
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write
 from kyx.interop import hf, hf_dir, hf_layouts
+from kyx.interop.hf_tokenizer_export import export_tokenizer
 from kyx.model.config import ModelConfig
 
 
@@ -28,6 +36,10 @@ def from_hf(hf_path: str, workdir: str, mesh=None, rules="fsdp") -> str:
     from kyx.train.pretrain import config_for_model
 
     model = hf_dir.load_hf_model(hf_path, mesh, rules)
+    if model.tokenizer is None:
+        raise ConfigError(f"{hf_path!r} has weights but no tokenizer; a kyx workdir needs "
+                          "one to train or sample: "
+                          + ADD_TOKENIZER.format(dir=hf_path))
     cfg = config_for_model(model.config)
     cfg.data.tokenizer.vocab_size = model.tokenizer.vocab_size
     cfg.interop = ml_collections.ConfigDict({"layout": model.layout,
@@ -61,7 +73,7 @@ def to_hf(workdir: str, out_dir: str, layout: str | None = None) -> str:
         raise ConfigError(f"unknown layout {layout!r}; choose one of {hf_layouts.LAYOUTS}")
     tok = loaded.tokenizer
     hf.save_params(loaded.params, cfg, layout, out_dir, bos_id=tok.bos_id, eos_id=tok.eos_id)
-    hf.copy_tokenizer_files(workdir, out_dir)
+    export_tokenizer(workdir, out_dir, tok, loaded.config, cfg.max_seq_len)
     return out_dir
 
 

@@ -10,8 +10,8 @@ def main(argv) -> int:
     from kyx import config as config_lib
     from kyx.alignment.iterate import Driver
 
-    spec, overrides, workdir = config_and_workdir(argv, "kyx iterate",
-                                                  "configs/iterate.py:tiny")
+    spec, overrides, args = config_and_workdir(argv, "kyx iterate", "configs/iterate.py:tiny")
+    workdir = args.workdir
     rows = Driver(config_lib.load(spec, overrides), workdir).run()
     last = rows[-1] if rows else {}
     summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items()

@@ -23,7 +23,6 @@ TensorFlow is not needed for any of this.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -31,12 +30,16 @@ import json
 import logging
 import os
 import re
+import sys
 import sysconfig
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import tensorflow_datasets as tfds
 
+from kyx import logs
+from kyx.data import dedup
 from kyx.errors import ConfigError, DataError
 from kyx.logs import get_logger
 
@@ -128,6 +131,51 @@ def read_text(filename: str) -> tuple[str | None, str | None]:
     return text, None
 
 
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A kyx builder of local data (corpora, post-training records): nothing to download.
+
+    tfds's own "Downloading and preparing dataset Unknown size ..." and "... downloaded
+    and prepared" lines say nothing true about local data, so they only appear with
+    ``kyx --verbose``; ``prepare`` logs what is built and where.
+    """
+
+    # No checksums/metadata files live beside this code. Also sidesteps tfds 4.9
+    # importing the undeclared `importlib_resources` backport to locate them.
+    code_path = None
+
+    def _log_download_bytes(self) -> None:
+        if logs.verbose():
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        if logs.verbose():
+            super()._log_download_done()
+
+
+def make_builder(builder_cls, **kwargs):
+    """``builder_cls(**kwargs)`` without tfds's warning about a config that is not in
+    BUILDER_CONFIGS (each kyx config is named by a fingerprint of its inputs)."""
+    with logs.quiet_libraries():
+        return builder_cls(**kwargs)
+
+
+def _show_progress_bars() -> None:
+    """tfds progress bars only on a terminal (no carriage returns in log files)."""
+    tfds.display_progress_bar(sys.stderr.isatty())
+
+
+def prepare(builder, data_dir: str, what: str) -> None:
+    """Build a LocalBuilder's dataset under ``data_dir`` unless it is already prepared,
+    with one kyx log line; tfds's warnings about a dataset seen for the first time
+    (e.g. "Variant folder ... has no dataset_info.json") only with ``kyx --verbose``."""
+    with logs.quiet_libraries():
+        if builder.is_prepared():
+            return
+        log.info("Building %s %s into %s", what, builder.info.full_name, builder.data_dir)
+        _show_progress_bars()
+        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+
+
 @dataclasses.dataclass(eq=False)
 class FilesConfig(tfds.core.BuilderConfig):
     """Which files to read and how to split them. ``path`` is unused by kyx_stdlib."""
@@ -136,16 +184,15 @@ class FilesConfig(tfds.core.BuilderConfig):
     max_files: int = 0
     val_fraction: float = 0.02
     min_val_files: int = 2
+    dedup: str = "{}"  # JSON of the data.dedup section (kyx/data/dedup.py)
 
 
-class _FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _FilesBuilder(LocalBuilder, skip_registration=True):
     """Shared logic: list files, drop malformed ones, split by path hash."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # No checksums/metadata files live beside this code. Also sidesteps tfds 4.9
-    # importing the undeclared `importlib_resources` backport to locate them.
-    code_path = None
+    SKIP_LOG_LEVEL = logging.WARNING  # level of the "skipped N files" line
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -163,22 +210,35 @@ class _FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         cfg = self.builder_config
         root, relpaths = self.list_files()
         relpaths = cap_files(relpaths, cfg.max_files)
-        kept, skipped = [], {"invalid_utf8": [], "empty": []}
+        kept, texts, skipped = [], [], {"invalid_utf8": [], "empty": []}
         for rel in relpaths:
             text, reason = read_text(os.path.join(root, rel))
-            (kept.append(rel) if text is not None else skipped[reason].append(rel))
+            if text is None:
+                skipped[reason].append(rel)
+            else:
+                kept.append(rel)
+                texts.append(text)
+        dropped = dedup.duplicates(texts, ml_collections.ConfigDict(json.loads(cfg.dedup)))
+        del texts
+        dedup_stats = dedup.summary(dropped, kept)
+        kept = [rel for i, rel in enumerate(kept) if i not in dropped]
         train, val = split_paths(kept, cfg.val_fraction, cfg.min_val_files)
         stats = {
             "root": root, "files_seen": len(relpaths), "files_kept": len(kept),
             "train_files": len(train), "validation_files": len(val),
             **{f"skipped_{k}": len(v) for k, v in skipped.items()},
             **{f"skipped_{k}_paths": v[:_MAX_LISTED_SKIPS] for k, v in skipped.items()},
+            **dedup_stats,
         }
         self.info.metadata.update(stats)
         if skipped["invalid_utf8"] or skipped["empty"]:
-            log.warning("Corpus %s: skipped %d non-UTF-8 and %d empty files of %d (e.g. %s).",
-                        self.name, stats["skipped_invalid_utf8"], stats["skipped_empty"],
-                        len(relpaths), (skipped["invalid_utf8"] + skipped["empty"])[:3])
+            log.log(self.SKIP_LOG_LEVEL,
+                    "Corpus %s: skipped %d non-UTF-8 and %d empty files of %d (e.g. %s).",
+                    self.name, stats["skipped_invalid_utf8"], stats["skipped_empty"],
+                    len(relpaths), (skipped["invalid_utf8"] + skipped["empty"])[:3])
+        if dropped:
+            log.info("Corpus %s: removed %d exact and %d near duplicates of %d files.", self.name,
+                     dedup_stats["dedup_exact"], dedup_stats["dedup_near"], len(relpaths))
         return {"train": self._generate_examples(root, train),
                 "validation": self._generate_examples(root, val)}
 
@@ -200,6 +260,10 @@ class KyxTextFiles(_FilesBuilder):
 
 class KyxStdlib(_FilesBuilder):
     """The running Python's standard-library .py sources (no download needed)."""
+
+    # expected, not a problem: empty __init__.py files and the test suite's deliberately
+    # non-UTF-8 source-encoding fixtures
+    SKIP_LOG_LEVEL = logging.INFO
 
     def list_files(self):
         return list_stdlib_files()
@@ -230,17 +294,6 @@ class Corpus:
         return self._sources[split]
 
 
-@contextlib.contextmanager
-def _absl_quiet():
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def fingerprint(obj: Any) -> str:
     """Short stable digest of JSON-able data (builder configs, dataset names)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
@@ -253,17 +306,16 @@ def _slug(text: str) -> str:
 def _build_local(builder_cls, cfg, root: str, relpaths: list[str], data_dir: str) -> Corpus:
     stat = [(r, st.st_size, st.st_mtime_ns) for r in cap_files(relpaths, cfg.max_files)
             for st in [os.stat(os.path.join(root, r))]]
-    options = [cfg.max_files, cfg.val_fraction, cfg.min_val_files]
+    dedup_json = json.dumps(dict(cfg.get("dedup", dedup.default_config())), sort_keys=True)
+    options = [cfg.max_files, cfg.val_fraction, cfg.min_val_files, dedup_json]
     fp = fingerprint([builder_cls.__name__, root, stat, options, builder_cls.VERSION.major])
     name = f"{_slug(os.path.basename(root))}_{fp}"
     config = FilesConfig(name=name, path=cfg.path, max_files=cfg.max_files,
                          val_fraction=cfg.val_fraction, min_val_files=cfg.min_val_files,
-                         description=f"{len(stat)} files under {root}")
-    with _absl_quiet():  # tfds warns about every config not listed in BUILDER_CONFIGS
-        builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        log.info("Building corpus %s into %s", builder.info.full_name, builder.data_dir)
-        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+                         dedup=dedup_json, description=f"{len(stat)} files under {root}")
+    builder = make_builder(builder_cls, config=config, data_dir=data_dir,
+                           file_format="array_record")
+    prepare(builder, data_dir, "corpus")
     stats = {k: v for k, v in builder.info.metadata.items()}
     return Corpus(name=cfg.name, builder=builder, text_feature="text", stats=stats,
                   fingerprint=f"{builder.info.full_name}")
@@ -274,6 +326,7 @@ def _load_tfds(cfg, dataset: str) -> Corpus:
     try:
         builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
+            _show_progress_bars()
             builder.download_and_prepare(file_format="array_record")
     except Exception as e:
         raise DataError(

@@ -1,6 +1,11 @@
-"""Grain input pipeline: corpus -> shuffled documents -> tokens -> packed rows -> batches.
+"""Input pipeline: training rows (``data.sampling``) and packed validation batches.
 
-Training reads the train split in a seeded index shuffle (a new permutation
+``data.sampling='iid'`` (default): training rows are fixed-length windows of the split's
+pre-tokenized token cache (kyx/data/token_cache.py) in a seeded global permutation
+(kyx/data/windows.py): no tokenization while training, and consecutive rows come from
+unrelated parts of the corpus.
+
+``data.sampling='packed'``, and every validation pass: the grain pipeline below. Training reads the train split in a seeded index shuffle (a new permutation
 each epoch), tokenizes each document as BOS + text + EOS, then concatenates
 documents and cuts them into rows of ``seq_len`` (grain's
 ``ConcatThenSplitIterDataset``): a document that does not fit is continued in
@@ -29,7 +34,6 @@ are exactly those an uninterrupted run would produce.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import grain
@@ -37,11 +41,13 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from kyx.data import chunking
+from kyx.data import dedup, token_cache, windows
 from kyx.data.corpus import Corpus, default_data_dir, load_corpus
+from kyx.data.encode import ReadStats, Tokenize, next_token_targets, record_text  # noqa: F401
 from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
 from kyx.errors import ConfigError, DataError
 from kyx.logs import get_logger
+from kyx.registry import Registry
 
 log = get_logger(__name__)
 
@@ -63,99 +69,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.seq_len = 512
     c.batch_size = 16
     c.seed = 0
+    c.sampling = "iid"         # train rows: 'iid' windows of the token cache | 'packed' (grain)
+    c.cache_workers = 2        # processes encoding the token cache (0 = in-process)
     c.num_epochs = 0           # train: 0 = repeat forever
     c.eval_batches = 0         # validation: 0 = one full pass, else at most this many
     c.worker_count = 0         # grain worker processes (0 = in-process)
     c.read_threads = 2         # threads tokenizing documents ahead of packing
     c.prefetch = 32            # documents tokenized ahead, per iterator
+    c.dedup = dedup.default_config()  # local corpora: exact + MinHash near-duplicate removal
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.vocab_size = 4096
     c.tokenizer.model_path = ""       # existing .model file; '' = train (cached) on the corpus
     c.tokenizer.sample_bytes = 8 << 20  # training text read from the train split
     return c
-
-
-def record_text(record: Any, feature: str) -> tuple[str | None, str | None]:
-    """Text of a record, or (None, reason) with reason 'invalid_utf8' or 'empty'."""
-    value = record
-    for key in feature.split("/"):
-        value = value[key]
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, (bytes, np.bytes_)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return None, "invalid_utf8"
-    if not isinstance(value, str):
-        raise DataError(f"Feature {feature!r} holds {type(value).__name__}, not text; "
-                        f"set data.text_feature to a text feature.")
-    return (None, "empty") if not value or value.isspace() else (value, None)
-
-
-class ReadStats:
-    """Records skipped while reading, by reason (counted each time they are read).
-
-    Exact with ``worker_count=0``; worker processes keep their own counts.
-    Malformed files of local corpora are already dropped when the corpus is
-    built; see ``Corpus.stats``.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.counts = {"invalid_utf8": 0, "empty": 0}
-
-    def add(self, reason: str) -> None:
-        with self._lock:
-            self.counts[reason] += 1
-
-    def __getstate__(self):
-        return {"counts": dict(self.counts)}
-
-    def __setstate__(self, state):
-        self.__init__()
-        self.counts.update(state["counts"])
-
-
-class Tokenize(grain.transforms.Map):
-    """Record -> {'tokens': BOS + ids + EOS}, or None (skipped and counted) if malformed.
-
-    BOS starts every document so that generation from BOS + prompt (kyx.load(...).generate)
-    sees the same context a document start had in training. Documents longer than
-    ``max_chars`` (default ``chunking.MAX_CHARS``) are encoded in pieces cut where the
-    tokenizer starts a word anyway (kyx/data/chunking.py): same tokens, one document,
-    linear time and bounded tokenizer memory."""
-
-    def __init__(self, tokenizer: Tokenizer, feature: str, stats: ReadStats,
-                 max_chars: int | None = None):
-        self.tokenizer, self.feature, self.stats = tokenizer, feature, stats
-        self.max_chars = max_chars or chunking.MAX_CHARS
-        self.style = chunking.cut_style(tokenizer)
-        self._warned = False
-
-    def map(self, record):
-        text, reason = record_text(record, self.feature)
-        if text is None:
-            self.stats.add(reason)
-            return None
-        if self.style is None and len(text) > self.max_chars and not self._warned:
-            self._warned = True
-            log.warning("Tokenizer %s does not encode text pieces like the whole text; "
-                        "documents are encoded whole (slow and memory-heavy for long ones).",
-                        type(self.tokenizer).__name__)
-        return {"tokens": chunking.encode_document(self.tokenizer, text, self.style,
-                                                   self.max_chars)}
-
-
-def next_token_targets(tokens: np.ndarray, segment_ids: np.ndarray,
-                       pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(targets, loss_mask) for packed rows: next token within the same segment."""
-    same = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] != 0)
-    targets = np.full_like(tokens, pad_id)
-    targets[:, :-1] = np.where(same, tokens[:, 1:], pad_id)
-    loss_mask = np.zeros(tokens.shape, np.float32)
-    loss_mask[:, :-1] = same
-    return targets, loss_mask
 
 
 class MakeBatch:
@@ -250,6 +176,32 @@ def make_dataset(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train"
     return ds
 
 
+TRAIN_SAMPLERS = Registry("data.sampling")
+
+
+@TRAIN_SAMPLERS.register("packed")
+def packed_train_iterator(cfg, corpus, tokenizer, *, process_index, process_count):
+    """Documents in a shuffled order, tokenized and packed while training (grain). Its use:
+    corpora too large to pre-tokenize up front, and reproducing runs made before the cache;
+    batches come from one or two long documents at a time (noisy losses)."""
+    stats = ReadStats()
+    ds = make_dataset(cfg, corpus, tokenizer, "train", process_index=process_index,
+                      process_count=process_count, stats=stats)
+    return BatchIterator(iter(ds), stats, corpus)
+
+
+@TRAIN_SAMPLERS.register("iid")
+def iid_train_iterator(cfg, corpus, tokenizer, *, process_index, process_count):
+    """i.i.d. windows of the train split's token cache (built here once; process 0 builds
+    it, the others wait for it on the shared data_dir)."""
+    cache = token_cache.load(corpus, cfg.train_split, tokenizer, cfg.data_dir,
+                             workers=cfg.cache_workers, process_index=process_index)
+    return windows.WindowIterator(cache, cfg.seq_len, cfg.batch_size, cfg.seed,
+                                  pad_id=tokenizer.pad_id, num_epochs=cfg.num_epochs,
+                                  process_index=process_index, process_count=process_count,
+                                  corpus_stats=corpus.stats)
+
+
 def process_split() -> dict:
     """This process's share of every global batch (``make_iterator`` keyword arguments)."""
     import jax
@@ -259,7 +211,12 @@ def process_split() -> dict:
 
 def make_iterator(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train", *,
                   process_index: int = 0, process_count: int = 1) -> BatchIterator:
-    """A fresh iterator over ``split``; restore a checkpoint with ``it.set_state(state)``."""
+    """A fresh iterator over ``split`` ('train': rows as ``cfg.sampling`` says; 'validation':
+    one packed pass); restore a checkpoint with ``it.set_state(state)``."""
+    if split == "train":
+        _check(cfg, process_index, process_count)
+        return TRAIN_SAMPLERS.get(cfg.get("sampling", "packed"))(
+            cfg, corpus, tokenizer, process_index=process_index, process_count=process_count)
     stats = ReadStats()
     ds = make_dataset(cfg, corpus, tokenizer, split, process_index=process_index,
                       process_count=process_count, stats=stats)

@@ -1,8 +1,10 @@
 """Grain pipelines for post-training: chat-formatted SFT rows, preference pairs, KTO rows.
 
 Records (kyx/data/preference_corpus.py) are formatted with the chat template
-(kyx/data/chat.py) and truncated to ``seq_len`` (prompt text from the left, then
-responses from the right; counted in ``stats['truncated']``).
+(kyx/data/chat.py: kyx's own or the model's, ``records.chat_template``) and truncated to
+``seq_len`` (prompt text from the left, then responses from the right; counted in
+``stats['truncated']``). Multi-turn records (``history``) keep their earlier turns: SFT
+learns every assistant turn, pairs and KTO rows compare only the final one.
 
 **SFT** (``make_sft_iterator``): positive sequences (one per record) and negative
 sequences (one per negative response) go to two streams over the same shuffled records,
@@ -61,6 +63,8 @@ def records_config() -> ml_collections.ConfigDict:
         "max_response_lines": 4,   # mined: response = first lines of the body
         "max_response_chars": 200,
         "system": "",              # system prompt for records without one
+        "chat_template": "auto",   # kyx | hf (the model's own Jinja template) | auto: hf
+                                   # when the tokenizer has its own template, else kyx
         "max_negatives": 0,        # SFT: use at most this many negatives per record
                                    # (0 = all, up to 4; mined: repetition loop, foreign lines)
     })
@@ -113,7 +117,7 @@ def _system(rec: dict, default: str) -> str:
 class SftElements(grain.experimental.FlatMapTransform):
     """Record -> its positive sequence, or (``negative=True``) its negative sequences."""
 
-    def __init__(self, template: chat.ChatTemplate, seq_len: int, negative: bool,
+    def __init__(self, template: chat.Template, seq_len: int, negative: bool,
                  max_negatives: int, system: str, stats: Stats):
         self.template, self.seq_len, self.negative = template, seq_len, negative
         self.max_negatives = min(max_negatives or MAX_NEGATIVES, MAX_NEGATIVES)
@@ -124,7 +128,8 @@ class SftElements(grain.experimental.FlatMapTransform):
         if self.negative and not negs:
             return []
         encs = self.template.encode_many(rec["prompt"], [rec["response"], *negs],
-                                         _system(rec, self.system), self.seq_len)
+                                         _system(rec, self.system), self.seq_len,
+                                         rec.get("history", ()), learn_history=True)
         self.stats.add(len(encs) - 1 if self.negative else 1,
                        sum(e.truncated for e in (encs[1:] if self.negative else encs[:1])))
         pad = self.template.tokenizer.pad_id
@@ -222,7 +227,7 @@ def has_negatives(source, scan: int = 1000) -> bool:
     return any(source[i].get("negatives") for i in range(min(len(source), scan)))
 
 
-def make_sft_iterator(cfg, records, template: chat.ChatTemplate, split: str = "train", *,
+def make_sft_iterator(cfg, records, template: chat.Template, split: str = "train", *,
                       negatives: bool = False, max_negatives: int | None = None,
                       process_index: int = 0, process_count: int = 1) -> SftIterator:
     """Packed SFT batches: positive rows (keys of SFT_AXES without ``neg_``) and, with
@@ -282,7 +287,7 @@ class Indexed:
 class PairExample(grain.transforms.Map):
     """Record -> padded arrays for each sequence of the pair (see the module docstring)."""
 
-    def __init__(self, template: chat.ChatTemplate, kind: str, seq_len: int, system: str,
+    def __init__(self, template: chat.Template, kind: str, seq_len: int, system: str,
                  stats: Stats):
         self.template, self.kind, self.seq_len = template, kind, seq_len
         self.system, self.stats = system, stats
@@ -293,7 +298,8 @@ class PairExample(grain.transforms.Map):
         else:
             responses = [rec["response"], rec["kl_response"]]
         encs = self.template.encode_many(rec["prompt"], responses,
-                                         _system(rec, self.system), self.seq_len)
+                                         _system(rec, self.system), self.seq_len,
+                                         rec.get("history", ()))
         self.stats.add(len(encs), sum(e.truncated for e in encs))
         out = {"index": np.int32(rec["index"]),
                SCALARS[self.kind]: np.int32(rec[SCALARS[self.kind]])}
@@ -353,7 +359,7 @@ def pair_axes(kind: str, with_ref: bool) -> dict:
     return axes
 
 
-def make_pair_iterator(cfg, records, template: chat.ChatTemplate, split: str = "train", *,
+def make_pair_iterator(cfg, records, template: chat.Template, split: str = "train", *,
                        ref_table: np.ndarray | None = None, ref_columns: bool | None = None,
                        ordered: bool | None = None, keep_index: bool = False,
                        process_index: int = 0, process_count: int = 1) -> RecordIterator:

@@ -33,11 +33,14 @@ from kyx.logs import get_logger
 
 log = get_logger(__name__)
 _MAX_LISTED = 20  # locations of skipped records kept in metadata, per reason
+RECORDS_FORMAT = 2  # stored fields; 2: + history (multi-turn). Part of each config name.
 
 
 def features(kind: str) -> tfds.features.FeaturesDict:
+    """Fields of a normalised record (kyx/data/records.py); ``history`` (earlier turns of
+    a conversation) is stored as JSON text."""
     text = tfds.features.Text
-    common = {"prompt": text(), "system": text()}
+    common = {"prompt": text(), "system": text(), "history": text()}
     if kind == "sft":
         return tfds.features.FeaturesDict({**common, "response": text(),
                                            "negatives": tfds.features.Sequence(text())})
@@ -60,10 +63,9 @@ class RecordsConfig(tfds.core.BuilderConfig):
     max_response_chars: int = 200
 
 
-class _RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _RecordsBuilder(corpus_lib.LocalBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    code_path = None  # no checksums/metadata files beside this code
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
@@ -72,7 +74,7 @@ class _RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, rows: list[dict]):
         for i, row in enumerate(rows):
-            yield i, row
+            yield i, {**row, "history": json.dumps(row["history"], ensure_ascii=False)}
 
 
 class KyxJsonlRecords(_RecordsBuilder):
@@ -226,6 +228,8 @@ class RecordSource:
         for key, value in raw.items():
             if key == "negatives":
                 out[key] = [_text(v) for v in value]
+            elif key == "history":
+                out[key] = json.loads(_text(value) or "[]")
             elif key in ("strength", "label"):
                 out[key] = int(value)
             else:
@@ -247,23 +251,21 @@ def load_records(data_cfg, kind: str, corpus: corpus_lib.Corpus | None = None) -
                               "(a .jsonl file or a glob)")
         files = _files(rc.path) + (_files(rc.eval_path) if rc.eval_path else [])
         stat = [(os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-        key = [stat, rc.eval_path != "", rc.val_fraction, opts, records.KINDS]
+        key = [stat, rc.eval_path != "", rc.val_fraction, opts, records.KINDS,
+               RECORDS_FORMAT]
         cls, kwargs = KyxJsonlRecords, {}
         config = RecordsConfig(name=f"{kind}_{corpus_lib.fingerprint(key)}", path=rc.path,
                                eval_path=rc.eval_path, val_fraction=rc.val_fraction, **opts)
     elif rc.source == "mined":
         corpus = corpus or corpus_lib.load_corpus(data_cfg)
-        key = [corpus.fingerprint, opts, mining.MINING_VERSION]
+        key = [corpus.fingerprint, opts, mining.MINING_VERSION, RECORDS_FORMAT]
         cls, kwargs = KyxMinedRecords, {"corpus": corpus}
         config = RecordsConfig(name=f"{kind}_{corpus_lib.fingerprint(key)}", **opts)
     else:
         raise ConfigError(f"data.records.source must be 'mined' or 'jsonl', got {rc.source!r}")
-    with corpus_lib._absl_quiet():
-        builder = cls(config=config, data_dir=data_dir, file_format="array_record", **kwargs)
-    if not builder.is_prepared():
-        log.info("Building %s records %s into %s", kind, builder.info.full_name,
-                 builder.data_dir)
-        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+    builder = corpus_lib.make_builder(cls, config=config, data_dir=data_dir,
+                                      file_format="array_record", **kwargs)
+    corpus_lib.prepare(builder, data_dir, f"{kind} records")
     stats = dict(builder.info.metadata.items())
     return Records(kind=kind, builder=builder, stats=stats,
                    fingerprint=f"{builder.info.full_name}")

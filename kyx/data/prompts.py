@@ -1,9 +1,10 @@
 """Prompt batches for RL (PPO / GRPO) and generation: chat-formatted prompts, right-padded.
 
-Each record's prompt becomes the generation input of the chat template (BOS ...
-``<|assistant|>``, kyx/data/chat.py), its text cut from the left to fit ``seq_len``
-(counted in ``stats['truncated']``). A batch of ``batch_size`` prompts, each repeated
-``group_size`` times in consecutive rows (GRPO's groups), holds::
+Each record's prompt (with its earlier turns, ``history``) becomes the generation input
+of the chat template (BOS ... ``<|assistant|>`` in kyx's format, kyx/data/chat.py), its
+text cut from the left to fit ``seq_len`` (counted in ``stats['truncated']``). A batch of
+``batch_size`` prompts, each repeated ``group_size`` times in consecutive rows (GRPO's
+groups), holds::
 
   prompt_tokens   [B·G, seq_len] int32, right-padded with pad_id
   prompt_lengths  [B·G] int32
@@ -14,6 +15,8 @@ Train iterators shuffle (seeded, a new order each epoch) and repeat; eval iterat
 one ordered pass (``eval_batches`` caps it). Iterators are checkpointable.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -26,10 +29,10 @@ from kyx.errors import DataError
 PROMPT_AXES = {"prompt_tokens": ax.BT, "prompt_lengths": ax.B, "index": ax.B, "weight": ax.B}
 
 
-def prompt_ids(template: chat.ChatTemplate, prompt: str, system: str, max_len: int
-               ) -> tuple[list[int], bool]:
+def prompt_ids(template: chat.Template, prompt: str, system: str, max_len: int,
+               history: Sequence[dict] = ()) -> tuple[list[int], bool]:
     """(generation input ids, truncated): the prompt text is cut from the left to fit."""
-    spans = template.prompt_spans(prompt, system)
+    spans = template.prompt_spans(prompt, system, history)
     (cut, _, truncated), = chat.fit(spans, [[]], max_len)
     ids = [i for _, part in cut for i in part]
     if len(ids) > max_len:
@@ -38,10 +41,10 @@ def prompt_ids(template: chat.ChatTemplate, prompt: str, system: str, max_len: i
     return ids, truncated
 
 
-def prompt_row(template: chat.ChatTemplate, prompt: str, system: str, seq_len: int,
-               index: int) -> tuple[dict, bool]:
+def prompt_row(template: chat.Template, prompt: str, system: str, seq_len: int,
+               index: int, history: Sequence[dict] = ()) -> tuple[dict, bool]:
     """(one batch row, truncated): the padded generation input of a prompt."""
-    ids, truncated = prompt_ids(template, prompt, system, seq_len)
+    ids, truncated = prompt_ids(template, prompt, system, seq_len, history)
     tokens = np.full(seq_len, template.tokenizer.pad_id, np.int32)
     tokens[:len(ids)] = ids
     return {"prompt_tokens": tokens, "prompt_lengths": np.int32(len(ids)),
@@ -54,7 +57,8 @@ class PromptExample(grain.transforms.Map):
 
     def map(self, rec):
         row, truncated = prompt_row(self.template, rec["prompt"],
-                                    rec.get("system") or self.system, self.seq_len, rec["index"])
+                                    rec.get("system") or self.system, self.seq_len, rec["index"],
+                                    rec.get("history", ()))
         self.stats.add(1, int(truncated))
         return row
 
@@ -83,7 +87,7 @@ class _Indexed:
         return {**self.source[i], "index": int(i)}
 
 
-def make_prompt_iterator(cfg, records, template: chat.ChatTemplate, split: str = "train", *,
+def make_prompt_iterator(cfg, records, template: chat.Template, split: str = "train", *,
                          group_size: int = 1, process_index: int = 0,
                          process_count: int = 1) -> RecordIterator:
     """Prompt batches of ``cfg.batch_size`` prompts x ``group_size`` samples each."""

@@ -17,8 +17,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from kyx import sharding
+from kyx.data.hf_tokenizer import TOKENIZER_FILES
+from kyx.distributed import is_writer
 from kyx.errors import CheckpointError, ConfigError
 from kyx.fileio import atomic_write, read_checked
 from kyx.interop import hf_layouts
@@ -82,16 +85,21 @@ def _unflatten(flat: dict[tuple, Any]) -> dict:
 
 def save_params(params, cfg: ModelConfig, layout: str, out_dir: str,
                 max_shard_bytes: int = 2 << 30, bos_id=None, eos_id=None) -> list[str]:
-    """Write params as HF safetensors (+ index when sharded) and config.json."""
+    """Write params as HF safetensors (+ index when sharded) and config.json; returns the
+    weight files (in a run of several processes, all take part and process 0 writes)."""
     from safetensors.numpy import save_file
 
-    os.makedirs(out_dir, exist_ok=True)
+    writer = is_writer()  # every process gathers the tensors below; process 0 writes them
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
 
     def get(path, layer):
         node = params
         for key in path:
             node = node[key]
         x = node if layer is None else node[layer]
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # other hosts' shards
+            x = multihost_utils.process_allgather(x, tiled=True)
         return np.asarray(jax.device_get(x), dtype=np.float32)
 
     shards, current, size = [], {}, 0
@@ -103,6 +111,8 @@ def save_params(params, cfg: ModelConfig, layout: str, out_dir: str,
         current[name] = tensor
         size += tensor.nbytes
     shards.append(current)
+    if not writer:
+        return []
     files = []
     if len(shards) == 1:
         save_file(shards[0], os.path.join(out_dir, SINGLE), metadata={"format": "pt"})
@@ -135,10 +145,8 @@ def _remove_stale_weights(out_dir: str, written: list[str]) -> None:
 def copy_tokenizer_files(src: str, dst: str) -> list[str]:
     """Copy the tokenizer files of ``src`` that exist, verified against their ``.sha256``
     sidecars (kyx workdirs) and written with new ones."""
-    names = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "generation_config.json")
     copied = []
-    for name in names:
+    for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(src, name)):
             atomic_write(os.path.join(dst, name), read_checked(os.path.join(src, name)),
                          checksum=True)

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from kyx.interop import hf, hf_files, hf_layouts
-from kyx.data.hf_tokenizer import load_tokenizer
+from kyx.data.hf_tokenizer import has_tokenizer, load_tokenizer
 from kyx.model.config import ModelConfig
 
 
@@ -20,7 +20,7 @@ from kyx.model.config import ModelConfig
 class HFModel:
     config: ModelConfig
     params: Any          # jax Arrays placed with the model's shardings
-    tokenizer: Any
+    tokenizer: Any       # None for a weights-only directory (no tokenizer files)
     layout: str          # llama | mistral | qwen2 | baichuan (kyx/interop/hf_layouts.py)
 
 
@@ -53,6 +53,8 @@ def load_hf_params(hf_dir: str, mesh=None, rules="fsdp") -> tuple[ModelConfig, A
 
 
 def load_hf_model(hf_dir: str, mesh=None, rules="fsdp") -> HFModel:
-    """Config, params (streamed onto ``mesh``; default one device) and tokenizer."""
+    """Config, params (streamed onto ``mesh``; default one device) and tokenizer (None
+    when the directory holds only config.json and weights)."""
     cfg, params, layout = load_hf_params(hf_dir, mesh, rules)
-    return HFModel(cfg, params, load_tokenizer(hf_dir), layout)
+    tokenizer = load_tokenizer(hf_dir) if has_tokenizer(hf_dir) else None
+    return HFModel(cfg, params, tokenizer, layout)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from kyx.checkpoint import workdir as workdir_lib
-from kyx.errors import CheckpointError
+from kyx.data import hf_tokenizer
+from kyx.errors import CheckpointError, ConfigError
 from kyx.interop import hf, hf_dir
 from kyx.model.config import ModelConfig
 
@@ -35,10 +36,23 @@ def load_params(source: str, module, mesh, rules, step: int = -1, name: str | No
     return workdir_lib.load_params(source, module, mesh, rules, step, name)
 
 
-def tokenizer_path(source: str) -> str | None:
-    """What ``data.tokenizer.model_path`` should name to use the source's tokenizer."""
-    if os.path.exists(os.path.join(source, "tokenizer.model")):
-        return os.path.join(source, "tokenizer.model")
-    if os.path.exists(os.path.join(source, "tokenizer.json")):
+def run_config(source: str):
+    """A kyx workdir's resolved config (its chat template choice, ...); None for an HF
+    directory."""
+    return None if hf_dir.is_hf_dir(source) else workdir_lib.read_config(source)
+
+
+def tokenizer_path(source: str) -> str:
+    """What ``data.tokenizer.model_path`` should name to use the source's tokenizer: the
+    directory when it has Hugging Face tokenizer metadata (tokenizer.json, or
+    tokenizer_config.json with the chat template and special tokens), else its
+    tokenizer.model. A source without a tokenizer is an error (a run would otherwise
+    train a new tokenizer whose ids mean nothing to the source's weights)."""
+    if not hf_tokenizer.has_tokenizer(source):
+        raise ConfigError(f"init_from {source!r} has no tokenizer (tokenizer.model or "
+                          "tokenizer.json): set data.tokenizer.model_path to the model's "
+                          "tokenizer, or " + hf_tokenizer.ADD_TOKENIZER.format(dir=source))
+    if any(os.path.exists(os.path.join(source, n))
+           for n in (hf_tokenizer.JSON_FILE, hf_tokenizer.CONFIG_FILE)):
         return source
-    return None
+    return os.path.join(source, hf_tokenizer.SP_FILE)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from kyx import sharding
-from kyx.data.chat import ChatTemplate
 from kyx.data.hf_tokenizer import load_tokenizer
+from kyx.data.templates import template_of
 from kyx.errors import ConfigError
 from kyx.interop import sources
 from kyx.model.transformer import Decoder
@@ -28,7 +28,7 @@ class AIJudge:
         model = Decoder(sources.model_config(source))
         params = sources.load_params(source, model, mesh, rules)
         self.tokenizer = load_tokenizer(source)
-        self.template = ChatTemplate(self.tokenizer) if chat else None
+        self.template = template_of(self.tokenizer, sources.run_config(source)) if chat else None
         self.prompt, self.max_len = prompt, max_len
         pos, neg = (self._answer_id(a) for a in (positive, negative))
         if pos == neg:

@@ -8,8 +8,8 @@ import numpy as np
 
 from kyx import sharding
 from kyx.checkpoint import workdir as workdir_lib
-from kyx.data.chat import ChatTemplate
 from kyx.data.hf_tokenizer import load_tokenizer
+from kyx.data.templates import template_of
 from kyx.errors import CheckpointError
 from kyx.model.config import ModelConfig
 from kyx.model.reward import RewardModel, last_token_values
@@ -29,7 +29,7 @@ class RewardModelScorer:
         rules = sharding.get_rules(rules or "dp")
         model = RewardModel(ModelConfig.from_config(cfg.model))
         params = workdir_lib.load_params(workdir, model, mesh, rules, step, name="reward")
-        self.template = ChatTemplate(load_tokenizer(workdir))
+        self.template = template_of(load_tokenizer(workdir), cfg)
         self.system, self.max_len = cfg.data.records.system, max_len
 
         def score(p, tokens_bt, segment_ids_bt):

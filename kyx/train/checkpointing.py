@@ -21,10 +21,19 @@ import numpy as np
 from kyx import sharding
 from kyx.checkpoint import compat, excp_archive
 from kyx.checkpoint.manager import Checkpointer, read_config
+from kyx.distributed import barrier
 from kyx.errors import CheckpointError, ConfigError
 from kyx.logs import get_logger
 
 log = get_logger(__name__)
+
+
+class DamagedRestore(CheckpointError):
+    """The digest check of a restored full checkpoint (run in the background) failed."""
+
+    def __init__(self, step: int, error: CheckpointError):
+        super().__init__(str(error))
+        self.step = step
 
 
 class RunCheckpoints:
@@ -46,28 +55,61 @@ class RunCheckpoints:
                          if self.excp_enabled else None)
         self.saved: set[int] = set()
         self._uncompressed: tuple[int, Any] | None = None  # saved, not yet handed to ExCP
+        self._pending = None  # a restore awaiting confirm(): (step, data, host, check)
 
     # ------------------------------------------------------------------ restore
-    def restore(self) -> tuple[int, Any, Any] | None:
-        """(step, device state, data_state) or None for a fresh run."""
+    def restore(self, background: bool = False, skip=()) -> tuple[int, Any, Any] | None:
+        """(step, device state, data_state) or None for a fresh run; full checkpoints in
+        ``skip`` (found damaged by an earlier attempt) are passed over.
+
+        With ``background``, a full checkpoint's digest check runs in a thread and the
+        restore is only settled (newer steps discarded, the ExCP chain continued) by
+        ``confirm()``, which the caller must call before the first step.
+        """
         want = self.cfg.checkpoint.resume_step
         self._check_models()
-        restored = self._restore_full(want)
+        restored = self._restore_full(want, skip, background)
         if restored is None and self.archiver:
             restored = self._restore_chain(want)
         if restored is None:
+            self._pending = None
             return None
-        step, state, data_state, host = restored
-        self._discard_after(step)
+        step, state, data_state, host, check = restored
+        self._pending = (step, data_state, host, check)
+        if not background:
+            self.confirm()
+        return step, state, data_state
+
+    def confirm(self) -> None:
+        """Wait for the restored step's digest check (DamagedRestore if it failed: the
+        caller restores again with that step in ``skip``), then settle the restore."""
+        if self._pending is None:
+            return
+        step, data_state, host, check = self._pending
+        self._pending = None
+        if check is not None:
+            try:
+                check.wait()
+            except CheckpointError as e:
+                raise DamagedRestore(step, e) from e
+        if host is None:
+            log.info("resumed from %s", self.ckpt.step_dir(step))
+        barrier("kyx-restored")  # every process has read what it resumes from before
+        self._discard_after(step)  # process 0 deletes newer steps / truncates the chain
         if self.archiver:
             self._continue_chain(step, data_state, host)
         self.saved.add(step)
-        return step, state, data_state
 
-    def _restore_full(self, want: int):
-        """(step, state, data_state, None) from a full checkpoint; None when there is none
-        (or it failed and the chain can stand in)."""
-        full = self.ckpt.steps()
+    @property
+    def pending_check(self) -> bool:
+        """Whether a background digest check is still to be waited for."""
+        return (self._pending is not None and self._pending[3] is not None
+                and self._pending[3].in_background)
+
+    def _restore_full(self, want: int, skip=(), background: bool = False):
+        """(step, state, data_state, None, Verification) from a full checkpoint; None when
+        there is none (or it failed and the chain can stand in)."""
+        full = [s for s in self.ckpt.steps() if s not in skip]
         chain_steps = self.archiver.steps() if self.archiver else []
         damaged = self.archiver.damaged if self.archiver else None
         if want >= 0 and want not in full:
@@ -79,7 +121,7 @@ class RunCheckpoints:
                                     else ""))
         try:
             restored = self.ckpt.restore_latest(
-                sharding.with_shardings(self.abstract, self.shardings), want)
+                sharding.with_shardings(self.abstract, self.shardings), want, skip, background)
         except CheckpointError as e:
             if not [s for s in chain_steps if want < 0 or s == want]:
                 if damaged:
@@ -89,9 +131,8 @@ class RunCheckpoints:
             return None
         if restored is None:
             return None
-        step, state, data_state, _ = restored
-        log.info("resumed from %s", self.ckpt.step_dir(step))
-        return step, state, data_state, None
+        step, state, data_state, _, check = restored
+        return step, state, data_state, None, check
 
     def _restore_chain(self, want: int):
         """(step, state, data_state, host state) reconstructed from the ExCP chain: step
@@ -114,7 +155,7 @@ class RunCheckpoints:
                 log.warning("%s; falling back to the previous ExCP step", e)
                 continue
             log.info("resumed from ExCP reconstruction of step %d (%s)", step, archiver.root)
-            return step, jax.device_put(host, self.shardings), data_state, host
+            return step, jax.device_put(host, self.shardings), data_state, host, None
         return None
 
     def _continue_chain(self, step: int, data_state: Any, host) -> None:

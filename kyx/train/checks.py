@@ -72,6 +72,19 @@ def one_of(choices: Iterable | Callable[[], Iterable]) -> Check:
     return check
 
 
+def each(check: Check) -> Check:
+    """A tuple or list whose every element passes ``check`` (e.g. names of sinks)."""
+    def run(value):
+        if not isinstance(value, (tuple, list)):
+            return "must be a list, e.g. a,b on the command line"
+        for item in value:
+            what = check(item)
+            if what:
+                return f"has {item!r}, which {what}"
+        return None
+    return run
+
+
 def parsed_by(parse: Callable[[Any], Any]) -> Check:
     """Valid when ``parse(value)`` raises no ConfigError (whose message is the problem)."""
     def check(value):

@@ -1,4 +1,4 @@
-"""Defaults shared by every trainer config: train loop, mesh, checkpointing."""
+"""Defaults shared by every trainer config: train loop, metrics, mesh, checkpointing."""
 from __future__ import annotations
 
 import ml_collections
@@ -17,6 +17,21 @@ def train_config() -> ml_collections.ConfigDict:
         "nan_policy": "skip",     # "skip": drop the update and go on; "stop": save and raise
         "max_skipped_fraction": 0.1,  # warn loudly when more of the run's steps were skipped
         "measure_mfu": True,      # measure this machine's matmul peak once at start
+        "profile_steps": "",      # "10:15": jax.profiler trace of steps 10..14 into <workdir>/tb
+    })
+
+
+def metrics_config() -> ml_collections.ConfigDict:
+    """Where per-step metrics go (kyx/telemetry/sinks.py names the sinks); process 0 only."""
+    return ml_collections.ConfigDict({
+        "sinks": ("jsonl", "tensorboard", "console"),
+        "wandb": {                # a non-empty project turns W&B on (pip install 'kyx[wandb]')
+            "project": "",
+            "entity": "",
+            "name": "",           # "": the workdir's name
+            "mode": "",           # online | offline | disabled; "": $WANDB_MODE, else online
+            "tags": (),
+        },
     })
 
 
@@ -39,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
         "trainer": "pretrain",
         "init_from": "",
         "train": train_config(),
+        "metrics": metrics_config(),
         "optim": optim.default_config(),
         "mesh": mesh_config(),
         "checkpoint": checkpoint_config(),

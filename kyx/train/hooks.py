@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from kyx import metrics as metrics_lib
+from kyx import telemetry
 from kyx.registry import Registry
 
 Run = Any  # kyx.train.loop.Run (not imported: the loop imports this module)
@@ -68,6 +68,7 @@ def default_eval_hook(run: Run) -> Hook | None:
 
 @DEFAULT_HOOKS.register("log")
 def log_hook(run: Run) -> Hook:
+    """Rows to the host and to the metrics sinks (console lines / bar included)."""
     return Hook("log", lambda r: r.flush(), every=run.cfg.train.log_every, order=LOG)
 
 
@@ -78,8 +79,17 @@ def checkpoint_hook(run: Run) -> Hook:
 
 
 @DEFAULT_HOOKS.register("plot")
-def plot_hook(run: Run) -> Hook:
-    return Hook("plot", lambda r: metrics_lib.plot_loss_curve(r.workdir), every=0, order=PLOT)
+def plot_hook(run: Run) -> Hook | None:
+    """The loss-curve PNG from metrics.jsonl at the end, by the process that writes it
+    (none when the ``jsonl`` sink is off)."""
+    if not telemetry.writes_here():
+        return None
+    return Hook("plot", _plot, every=0, order=PLOT)
+
+
+def _plot(run: Run) -> None:
+    if "jsonl" in telemetry.selected(run.cfg.metrics):
+        telemetry.plot_loss_curve(run.workdir)
 
 
 def build_hooks(run: Run, extra=()) -> list[Hook]:

@@ -28,6 +28,7 @@ import numpy as np
 from kyx import sharding
 from kyx.data import preference
 from kyx.data.corpus import default_data_dir
+from kyx.distributed import is_writer
 from kyx.fileio import atomic_write
 from kyx.objectives.sft import token_logps
 from kyx.train.forward import forward_with_aux
@@ -60,7 +61,9 @@ def table_key(cfg, records, tokenizer, split: str, reference: str) -> str:
     tok = hashlib.sha256(proto).hexdigest()[:12] if proto else getattr(tokenizer, "path", "")
     key = {"records": records.fingerprint, "split": split, "reference": reference,
            "tokenizer": tok, "seq_len": cfg.data.seq_len, "system": cfg.data.records.system,
-           "mask_format": bool(cfg.loss.mask_format_tokens), "model": cfg.model.to_dict()}
+           "mask_format": bool(cfg.loss.mask_format_tokens), "model": cfg.model.to_dict(),
+           "chat_template": [cfg.data.records.get("chat_template", "auto"),
+                             getattr(tokenizer, "chat_template", None)]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -130,7 +133,7 @@ def reference_table(cfg, model, params_fn, records, template, tokenizer, split, 
         if len(table) == len(records.source(split)):
             return table
     table = compute_table(cfg, model, params_fn(), records, template, split, mesh, rules)
-    if jax.process_index() == 0:
+    if is_writer():
         buffer = io.BytesIO()
         np.save(buffer, table)
         atomic_write(path, buffer.getvalue())

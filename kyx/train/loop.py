@@ -4,12 +4,14 @@
 state, the jitted step) + the plain loop below. Resume order: the workdir's newest good
 checkpoint, then each model's ``init`` (``init_from``), then a seeded fresh init. The
 step is one jit-compiled call with explicit in/out shardings and a donated state; the
-host touches metrics only when a hook asks (``log``, ``eval``). Periodic actions are hooks
-(kyx/train/hooks.py). SIGTERM / SIGINT write the pending metrics and a final checkpoint,
-then raise ``Preempted`` (``kyx train`` exits 75: rerun the command to resume). A run
-holds its workdir's lock (kyx/checkpoint/workdir_lock.py) from set-up to close; it fails
-at the end if the final eval loss is not finite, and warns when more than
-``train.max_skipped_fraction`` of its steps were skipped as non-finite.
+host touches metrics only when a hook asks (``log``, ``eval``); they go to the sinks of
+``cfg.metrics`` on process 0 (kyx/telemetry/), and ``train.profile_steps`` traces a range of
+steps with ``jax.profiler``. Periodic actions are hooks (kyx/train/hooks.py). SIGTERM /
+SIGINT write the pending metrics and a final checkpoint, then raise ``Preempted`` (``kyx
+train`` exits 75: rerun the command to resume). A run holds its workdir's lock
+(kyx/checkpoint/workdir_lock.py) from set-up to close; it fails at the end if the final
+eval loss is not finite, and warns when more than ``train.max_skipped_fraction`` of its
+steps were skipped as non-finite.
 """
 from __future__ import annotations
 
@@ -23,15 +25,15 @@ import jax
 import numpy as np
 
 from kyx import config as config_lib
-from kyx import metrics as metrics_lib
-from kyx import sharding
+from kyx import sharding, telemetry
 from kyx.checkpoint.workdir_lock import WorkdirLock
+from kyx.data import hf_tokenizer
+from kyx.distributed import is_writer
 from kyx.errors import KyxError, Preempted
-from kyx.fileio import atomic_write
 from kyx.logs import get_logger
 from kyx.train import state as state_lib
 from kyx.train.base import Trainer
-from kyx.train.checkpointing import RunCheckpoints
+from kyx.train.checkpointing import DamagedRestore, RunCheckpoints
 from kyx.train.evaluation import trainer_eval
 from kyx.train.hooks import build_hooks
 
@@ -69,15 +71,16 @@ class _Preemption:
 
 def run(trainer: Trainer, workdir: str) -> dict:
     """Train until ``train.steps``; returns the last logged metrics."""
-    r = Run(trainer, workdir)
+    r = _resumed_run(trainer, workdir)
     try:
         with _Preemption() as preempt, sharding.use_mesh(r.mesh, r.rules):
             for hook in r.hooks:
                 if hook.at_start and r.step == 0:
                     hook.fn(r)
             while r.step < r.total:
-                batch = r.next_batch()
-                r.state, metrics = r.step_fn(r.state, batch, r.step_rng())
+                with r.profiler.step(r.step):
+                    batch = r.next_batch()
+                    r.state, metrics = r.step_fn(r.state, batch, r.step_rng())
                 r.step += 1
                 r.record(metrics)
                 for hook in r.hooks:
@@ -100,14 +103,51 @@ def run(trainer: Trainer, workdir: str) -> dict:
     return r.last
 
 
+def _resumed_run(trainer: Trainer, workdir: str) -> "Run":
+    """A set-up Run whose restored checkpoint (if any) has passed its digest check.
+
+    The check of a full checkpoint runs in the background while the step compiles
+    (``Run.settle_restore``); a step that fails it is set aside and the set-up repeated
+    from the previous checkpoint, as a checkpoint that fails to read already is."""
+    damaged: set[int] = set()
+    while True:
+        r = Run(trainer, workdir, skip_steps=damaged)
+        try:
+            r.settle_restore()
+            return r
+        except DamagedRestore as e:
+            r.close()
+            damaged.add(e.step)
+            log.warning("%s; falling back to the previous checkpoint", e)
+        except BaseException:
+            r.close()
+            raise
+
+
+class _Precompiled:
+    """The step compiled ahead of time (``Run.settle_restore``); a call whose argument
+    types differ from the compiled ones goes to the jitted function instead."""
+
+    def __init__(self, jitted, compiled):
+        self.jitted, self.compiled = jitted, compiled
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except (TypeError, ValueError):  # raised before execution: other avals/shardings
+                self.compiled = None
+        return self.jitted(*args)
+
+
 class Run:
     """A run's set-up and everything the loop and its hooks share."""
 
-    def __init__(self, trainer: Trainer, workdir: str):
+    def __init__(self, trainer: Trainer, workdir: str, skip_steps=()):
         cfg = self.cfg = trainer.config
-        self.trainer, self.workdir = trainer, workdir
+        self.trainer, self.workdir, self.skip_steps = trainer, workdir, set(skip_steps)
         self.lock = WorkdirLock(workdir, cfg.get("trainer", "train"))
-        if jax.process_index() == 0:
+        if is_writer():  # the one process writing the run's own files (kyx/distributed.py)
             self.lock.acquire()
         try:
             self._setup(trainer, workdir)
@@ -126,7 +166,7 @@ class Run:
                 sharding.check_replication(sh.params, self.abstract.models[name].params,
                                            self.mesh, cfg.mesh.rules)
         self.checkpoints = RunCheckpoints(workdir, cfg, self.abstract, self.shardings)
-        restored = self.checkpoints.restore()
+        restored = self.checkpoints.restore(background=True, skip=self.skip_steps)
         if restored is not None:
             self.step, self.state, data_state = restored
             if data_state:
@@ -135,10 +175,9 @@ class Run:
             self.step = 0
             self.state = state_lib.create(trainer.models, self.mesh, self.rules, cfg.train.seed,
                                           trainer.stats)
-        config_lib.dump(cfg, os.path.join(workdir, "config.json"))
-        proto = getattr(trainer.tokenizer, "model_proto", None)
-        if proto is not None:
-            atomic_write(os.path.join(workdir, "tokenizer.model"), proto, checksum=True)
+        if is_writer():  # local path or storage URL: kyx/fileio.py
+            config_lib.dump(cfg, os.path.join(workdir, "config.json"))
+            hf_tokenizer.save_tokenizer(trainer.tokenizer, workdir)  # + its chat template
         self.skipped, self.start_step = 0.0, self.step  # non-finite steps of this process
 
         self.batch_shardings = self.shardings_of(trainer.batch_axes)
@@ -147,6 +186,7 @@ class Run:
         self.step_fn = jax.jit(trainer.step_fn,
                                in_shardings=(self.shardings, self.batch_shardings, None),
                                out_shardings=(self.shardings, None), donate_argnums=(0,))
+        self._first_batch = None
         self.eval_fn = None
         if trainer.eval_fn is not None:
             params_sh = {n: m.params for n, m in self.shardings.models.items()}
@@ -154,9 +194,13 @@ class Run:
                                    in_shardings=(params_sh, self.batch_shardings))
         self.base_rng = jax.random.wrap_key_data(jax.device_get(self.state.rng))
         self.total = cfg.train.steps
-        self.peak_flops = metrics_lib.matmul_peak_flops() if cfg.train.measure_mfu else 0.0
-        self.writer = metrics_lib.MetricsWriter(workdir, resume_step=self.step)
-        self.bar = metrics_lib.ProgressBar(self.total, initial=self.step)
+        self.peak_flops = telemetry.matmul_peak_flops() if cfg.train.measure_mfu else 0.0
+        self.writer = telemetry.open_writer(
+            workdir, telemetry.selected(cfg.metrics), resume_step=self.step, total=self.total,
+            every=cfg.train.log_every, settings=cfg.metrics, config=config_lib.to_dict(cfg))
+        self.profiler = telemetry.StepProfiler(
+            cfg.train.profile_steps, workdir, sync=lambda: jax.block_until_ready(self.state),
+            enabled=telemetry.writes_here())
         self.last: dict = {}
         self._pending: list[tuple[int, dict]] = []   # (step, device metrics) not yet on host
         self._rows: dict[int, dict] = {}             # host rows not yet written
@@ -177,12 +221,28 @@ class Run:
         """The step's batch: the iterator's next one on the mesh or, for a trainer with a
         rollout (RL), the experience it makes from the iterator's prompts with the current
         state and key ``fold_in(step key, ROLLOUT_STREAM)``."""
+        if self._first_batch is not None:  # taken for compiling (settle_restore)
+            batch, self._first_batch = self._first_batch, None
+            return batch
         raw = next(self.trainer.train_iter)
         if self.trainer.rollout is None:
             return self.global_batch(raw)
         prompts = self.global_batch(raw, self.rollout_shardings)
         return self.trainer.rollout(self.state, prompts,
                                     jax.random.fold_in(self.step_rng(), ROLLOUT_STREAM))
+
+    def settle_restore(self) -> None:
+        """Compile the step (ahead of time, with the first batch) while the restored
+        checkpoint's digests are checked in the background, then wait for the check
+        (DamagedRestore if the values are damaged): the first step must not run before,
+        since it donates, i.e. overwrites, the state. Rollout trainers compile at their
+        first step (their batch comes from generation with the checked state)."""
+        if self.trainer.rollout is None and self.step < self.total:
+            with sharding.use_mesh(self.mesh, self.rules):
+                self._first_batch = self.next_batch()
+                self.step_fn = _Precompiled(self.step_fn, self.step_fn.lower(
+                    self.state, self._first_batch, self.step_rng()).compile())
+        self.checkpoints.confirm()
 
     def step_rng(self) -> jax.Array:
         """The key of the step about to run: fold_in(seed key, step), so resumes agree."""
@@ -225,7 +285,7 @@ class Run:
         self._clock, self._tokens, self._untimed = now, 0, 0.0
 
     def flush(self) -> None:
-        """Write every collected row (metrics.jsonl, TensorBoard, progress bar)."""
+        """Write every collected row to the sinks (metrics.jsonl, TensorBoard, console ...)."""
         self.collect()
         for s in sorted(self._rows):
             row = self._rows.pop(s)
@@ -233,8 +293,7 @@ class Run:
             self.skipped += row.get("train/skipped", 0.0)
             self.last = row
             self._check_finite(s, row)
-        self.bar.update(self.step, self.last.get("train/loss", float("nan")),
-                        self.last.get("perf/tokens_per_s"), self.last.get("perf/mfu"))
+        self.writer.flush()
 
     def _check_finite(self, step: int, row: dict) -> None:
         if row.get("train/skipped") and self.cfg.train.nan_policy == "stop":
@@ -256,9 +315,9 @@ class Run:
         params = {n: m.params for n, m in self.state.models.items()}
         metrics, artifacts = trainer_eval(self.trainer, params, self.mesh, self.rules,
                                           self.eval_fn)
-        if artifacts:
-            with open(os.path.join(self.workdir, "eval_stats.jsonl"), "a") as f:
-                f.write(json.dumps({"step": self.step, **artifacts}) + "\n")
+        if artifacts and telemetry.writes_here():
+            telemetry.append_line(f"{self.workdir}/eval_stats.jsonl",
+                                  json.dumps({"step": self.step, **artifacts}))
         return metrics
 
     def check_outcome(self) -> None:
@@ -286,6 +345,12 @@ class Run:
         try:
             self.checkpoints.close()
         finally:
-            self.writer.close()
-            self.bar.close()
+            self._close_telemetry()
             self.lock.release()
+
+    def _close_telemetry(self) -> None:
+        """Stop a profile in progress, then close the metrics sinks (even if it fails)."""
+        try:
+            self.profiler.close()
+        finally:
+            self.writer.close()

@@ -14,7 +14,7 @@ import functools
 import ml_collections
 
 from kyx import sharding
-from kyx.data import chat, pipeline, preference, preference_corpus
+from kyx.data import pipeline, preference, preference_corpus, templates
 from kyx.data.corpus import load_corpus
 from kyx.errors import ConfigError
 from kyx.logs import get_logger
@@ -57,7 +57,8 @@ def prepare(cfg, kind: str):
         log.info("%s records: skipped %d malformed of %d (%s; e.g. %s)", kind,
                  sum(skipped.values()), records.stats["records_seen"], skipped,
                  next(iter(records.stats["skipped_at"].values()))[:3])
-    return records, tokenizer, chat.ChatTemplate(tokenizer)
+    return records, tokenizer, templates.make_template(
+        tokenizer, cfg.data.records.get("chat_template", "auto"))
 
 
 def initial_params_loader(cfg, model):

@@ -7,16 +7,24 @@ from kyx.train import validation
 from kyx.train.trainers import TRAINERS, register, trainer_module  # noqa: F401 (re-exported)
 
 
-def build(cfg):
-    """The Trainer for `config.trainer`; with `init_from`, the source's architecture and
-    tokenizer are adopted first (kyx.train.init_from.adopt_source), then the whole config
-    is validated (kyx/train/validation.py) before any data, mesh or model is set up."""
+def resolve(cfg):
+    """The trainer module of `config.trainer`, after completing `cfg` in place: with
+    `init_from`, the source's architecture and tokenizer are adopted
+    (kyx.train.init_from.adopt_source); then the whole config is validated
+    (kyx/train/validation.py). Reads no data and builds no mesh or model, so
+    `kyx train --print-config` runs it alone."""
     from kyx.train.init_from import adopt_source
 
     module = trainer_module(cfg.trainer)
     adopt_source(cfg)
     validation.validate(cfg)
-    return module.build(cfg)
+    return module
+
+
+def build(cfg):
+    """The Trainer for `config.trainer`: ``resolve(cfg)``, then the trainer module sets up
+    data, mesh, models and the step."""
+    return resolve(cfg).build(cfg)
 
 
 def build_step(cfg):

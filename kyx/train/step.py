@@ -6,7 +6,10 @@ A step is pure: ``step(state, batch, rng) -> (state, metrics)`` on the whole Tra
 with several models or several updates per step (PPO: epochs x minibatches) composes
 ``compute_grads`` and ``apply_update`` itself, inside one jit, e.g. in a ``lax.scan``.
 A non-finite loss or gradient leaves that model's params and optimizer state unchanged
-and reports ``skipped = 1``; the loop decides whether that stops the run.
+and reports ``skipped = 1``; the loop decides whether that stops the run. Every update
+also reports the L2 norms of params, update and gradient (``l2_params``, ``l2_updates``,
+``l2_grads``; ``train/l2_params`` in metrics.jsonl, ``train/<model>/l2_params`` with
+several trained models).
 """
 from __future__ import annotations
 
@@ -77,14 +80,20 @@ def compute_grads(grad_fn, params, batch, rng, others, grad_accum: int = 1):
 def apply_update(model: ModelState, grads, loss, tx: optax.GradientTransformation
                  ) -> tuple[ModelState, dict]:
     """One optimizer update; skipped (state unchanged) when the loss or gradient is not
-    finite. Returns (new model state, {"grad_norm", "skipped"})."""
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite. Returns (new model state, metrics): ``skipped`` and the L2 norms (big_vision's
+    names) of the gradient (``l2_grads``), of the update applied (``l2_updates``: 0 when
+    skipped) and of the params after it (``l2_params``), each one scalar reduction inside
+    the jitted step (no host transfer until the loop logs them)."""
+    l2_grads = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
     updates, new_opt = tx.update(grads, model.opt_state, model.params)
     new_params = optax.apply_updates(model.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new = ModelState(keep(new_params, model.params), keep(new_opt, model.opt_state))
-    return new, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
+    return new, {"l2_grads": l2_grads,
+                 "l2_updates": jnp.where(finite, optax.global_norm(updates), 0.0),
+                 "l2_params": optax.global_norm(new.params),
+                 "skipped": (~finite).astype(jnp.float32)}
 
 
 def keep_subtree(new, old, key: str, keep: jax.Array):

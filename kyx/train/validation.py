@@ -16,21 +16,27 @@ last step; learning rates are >= 0 (0 keeps the params fixed).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any, Callable, Iterable
 
 from kyx import rewards, sharding
 from kyx.checkpoint import excp_quant, excp_store
+from kyx.data import templates
+from kyx.data.pipeline import TRAIN_SAMPLERS
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
 from kyx.objectives import lm, preference, rl
+from kyx.telemetry import SINKS, parse_steps, selected
 from kyx.train import optim
-from kyx.train.checks import Check, boolean, every, integer, number, one_of, parsed_by
+from kyx.train.checks import (Check, boolean, each, every, integer, number, one_of,
+                              parsed_by)
 from kyx.train.trainers import TRAINERS
 
 NAN_POLICIES = ("skip", "stop")          # read by kyx/train/loop.py
 DTYPES = ("float32", "bfloat16", "float16")
 RECORD_SOURCES = ("mined", "jsonl")      # kyx/data/preference_corpus.py
 CORPORA = ("stdlib", "text_files")       # kyx/data/corpus.py, plus 'tfds:<dataset>'
+WANDB_MODES = ("online", "offline", "disabled")  # or "": $WANDB_MODE, else online
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +156,14 @@ field("train.eval_at_start", boolean())
 field("train.nan_policy", one_of(NAN_POLICIES))
 field("train.max_skipped_fraction", number(lo=0, hi=1))
 field("train.measure_mfu", boolean())
+field("train.profile_steps", parsed_by(parse_steps))
+
+field("metrics.sinks", each(one_of(SINKS.names)))
+field("metrics.wandb.mode", lambda v: None if v == "" else one_of(WANDB_MODES)(v))
+_text = lambda v: None if isinstance(v, str) else "must be text"  # noqa: E731
+for _key in ("project", "entity", "name"):
+    field(f"metrics.wandb.{_key}", _text)
+field("metrics.wandb.tags", each(_text))
 
 for _opt in ("optim", "value_optim"):
     field(f"{_opt}.lr", number(lo=0))
@@ -182,6 +196,13 @@ field("data.name", _corpus)
 field("data.seq_len", integer(lo=2))
 field("data.batch_size", integer(lo=1))
 field("data.seed", integer())
+field("data.sampling", one_of(TRAIN_SAMPLERS.names))
+field("data.cache_workers", integer(lo=0, note="0: in-process"))
+field("data.dedup.exact", boolean())
+field("data.dedup.near", boolean())
+field("data.dedup.threshold", number(lo=0, hi=1))
+field("data.dedup.num_perm", integer(lo=16))
+field("data.dedup.shingle", integer(lo=1))
 field("data.eval_batches", integer(lo=0, note="0: one full pass"))
 field("data.num_epochs", integer(lo=0, note="0: repeat forever"))
 field("data.val_fraction", number(lo=0, below=1))
@@ -192,6 +213,8 @@ field("data.prefetch", integer(lo=1))
 field("data.tokenizer.vocab_size", integer(lo=1))
 field("data.tokenizer.sample_bytes", integer(lo=1))
 field("data.records.source", one_of(RECORD_SOURCES))
+field("data.records.chat_template",
+      one_of(lambda: templates.CHOICES + templates.TEMPLATES.names()))
 field("data.records.val_fraction", number(lo=0, below=1))
 for _key in ("max_train", "max_eval", "max_prompt_chars", "max_response_lines",
              "max_response_chars", "max_negatives"):
@@ -306,3 +329,28 @@ def _tokenizer_fits_the_model(cfg):
     if want > have:
         yield ("data.tokenizer.vocab_size", want,
                f"must be <= model.vocab_size = {have} (token ids index the embedding)")
+
+
+@rule()
+def _profiled_steps_run(cfg):
+    """train.profile_steps names steps the run takes (START < END <= train.steps)."""
+    if not (_has(cfg, "train.profile_steps") and _has(cfg, "train.steps")):
+        return
+    try:
+        steps = parse_steps(cfg.train.profile_steps)
+    except ConfigError:  # reported by its field check
+        return
+    if steps and steps[1] > cfg.train.steps:
+        yield ("train.profile_steps", cfg.train.profile_steps,
+               f"END must be <= train.steps = {cfg.train.steps} (the steps START .. END-1 "
+               "are traced)")
+
+
+@rule()
+def _sink_packages_installed(cfg):
+    """A selected sink whose package is an optional extra (W&B) is installed."""
+    if _has(cfg, "metrics.sinks") and "wandb" in selected(cfg.metrics) \
+            and importlib.util.find_spec("wandb") is None:
+        yield ("metrics.wandb", NO_VALUE, "W&B is selected (metrics.wandb.project or "
+               "metrics.sinks) but the wandb package is not installed: pip install "
+               "'kyx[wandb]'")

@@ -93,7 +93,7 @@ def test_train_batches_follow_convention_and_seed(small_setup, make_cfg):
 
 def test_epochs_are_reshuffled_and_finite(char_tokenizer, make_cfg, make_memory_corpus):
     docs = [{"text": chr(ord("a") + i) * 2} for i in range(8)]
-    cfg = make_cfg("/unused", seq_len=4, batch_size=1, num_epochs=2)
+    cfg = make_cfg("/unused", seq_len=4, batch_size=1, num_epochs=2, sampling="packed")
     rows = [b["tokens"][0, 1] for b in data.make_iterator(cfg, make_memory_corpus(docs), char_tokenizer)]
     assert len(rows) == 16  # 2 epochs x 8 docs x 4 tokens (BOS + 2 chars + EOS) / 4 per row
     assert sorted(rows[:8]) == sorted(rows[8:]) and rows[:8] != rows[8:]
@@ -146,8 +146,9 @@ def test_config_errors(small_setup, make_cfg):
 
 def test_worker_processes_match_in_process(small_setup, make_cfg):
     cfg, corpus, tok = small_setup
-    expected = take(data.make_iterator(cfg, corpus, tok), 3)
-    it = data.make_iterator(make_cfg(cfg.data_dir, worker_count=1), corpus, tok)
+    packed = make_cfg(cfg.data_dir, sampling="packed")
+    expected = take(data.make_iterator(packed, corpus, tok), 3)
+    it = data.make_iterator(make_cfg(cfg.data_dir, sampling="packed", worker_count=1), corpus, tok)
     try:
         assert_same_batches(take(it, 3), expected)
     finally:

@@ -41,7 +41,7 @@ def test_parse_prompt_line():
     assert records.parse_prompt_line('{"prompt": 3}') == (None, "non_text_prompt")
     assert records.parse_prompt_line('{"system": "s"}') == (None, "missing_prompt")
     assert records.parse_prompt_line('{"prompt": "p", "system": 1}') == \
-        ({"prompt": "p", "system": ""}, None)
+        ({"prompt": "p", "system": "", "history": []}, None)
 
 
 @pytest.mark.parametrize("kind", ["sft", "preference", "feedback"])
@@ -71,4 +71,4 @@ def test_rejection_sampling_prompts_skip_surrogates_deep_nesting_and_bad_bytes(t
         f.write(b"[" * 200_000 + b"]" * 200_000 + b"\n")
         f.write(b'{"prompt": "bad \xff byte"}\n')
         f.write(b'{"prompt": "def f(x):"}\n')
-    assert read_prompts(str(path)) == [{"prompt": "def f(x):", "system": ""}]
+    assert read_prompts(str(path)) == [{"prompt": "def f(x):", "system": "", "history": []}]

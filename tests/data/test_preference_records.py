@@ -31,7 +31,8 @@ def _write(path, rows):
 def test_parse_line_reasons():
     ok, _ = records.parse_line("preference", '{"prompt": "p", "chosen": "a", "rejected": "b", '
                                              '"strength": "significantly better"}')
-    assert ok == {"prompt": "p", "chosen": "a", "rejected": "b", "system": "", "strength": 3}
+    assert ok == {"prompt": "p", "chosen": "a", "rejected": "b", "system": "", "strength": 3,
+                  "history": []}
     cases = {
         ("sft", "{bad"): "invalid_json",
         ("sft", "[1]"): "not_an_object",

@@ -82,7 +82,7 @@ def build_step(cfg):
                                              jax.random.fold_in(rng, i), others)
                 model, upd = apply_update(model, g, loss, tx)
                 state = state.replace(models={**state.models, name: model})
-                metrics.update({f"{name}/loss": loss, f"{name}/grad_norm": upd["grad_norm"],
+                metrics.update({f"{name}/loss": loss, f"{name}/l2_grads": upd["l2_grads"],
                                 **{f"{name}/{k}": v for k, v in m.items()}})
                 metrics[f"{name}/skipped"] = upd["skipped"]
             return state, metrics
