@@ -36,6 +36,17 @@ def run_notebook(monkeypatch):
     return run
 
 
+@pytest.fixture
+def quiet():
+    """kyx's default (not --verbose) library logging for the test, whatever it sets."""
+    from kyx import logs
+
+    was = logs.verbose()
+    logs.set_verbose(False)
+    yield
+    logs.set_verbose(was)
+
+
 @pytest.fixture(scope="session")
 def packed_batch():
     """packed_batch(vocab_size, seed=0, b=8, t=16): random tokens in two packed documents

@@ -20,15 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 
 
-@pytest.fixture
-def quiet():
-    """kyx's default (not verbose) for the test, whatever it sets."""
-    was = logs.verbose()
-    logs.set_verbose(False)
-    yield
-    logs.set_verbose(was)
-
-
 def test_version_comes_from_the_package_metadata(capsys):
     assert cli_main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"kyx {importlib.metadata.version('kyx')}"

@@ -4,21 +4,11 @@ when stderr is not a terminal; `kyx --verbose` brings tfds's lines back."""
 import json
 import logging
 
-import pytest
-
 from kyx import data, logs
 from kyx.data import preference
 from kyx.data.preference_corpus import load_records
 
 TFDS_LINES = ("Downloading and preparing dataset", "downloaded and prepared")
-
-
-@pytest.fixture
-def quiet():
-    was = logs.verbose()
-    logs.set_verbose(False)
-    yield
-    logs.set_verbose(was)
 
 
 def _texts(tmp_path):
