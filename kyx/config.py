@@ -248,9 +248,19 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
         parent, leaf = _resolve(cfg, key)
         old = parent[leaf]
         if isinstance(old, ml_collections.ConfigDict):
-            raise ConfigError(f"config key {key!r} is a group; override one of its fields, "
-                              f"e.g. {key}.{next(iter(old.keys()), 'x')}=VALUE")
+            parent[leaf] = _group_value(key, raw, old)
+            continue
         parent[leaf] = parse_value(key, raw, old, parent.get_type(leaf))
+
+
+def _group_value(key: str, raw: str, old: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A whole group given as a dict literal (e.g. ``data.mixture={"a": {...}, ...}``)."""
+    value = _literal(raw)
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key!r} is a group; override one of its fields, "
+                          f"e.g. {key}.{next(iter(old.keys()), 'x')}=VALUE, or give the whole "
+                          "group as a dict literal, e.g. " + key + "='{\"x\": 1}'")
+    return ml_collections.ConfigDict(value)
 
 
 def _resolve(cfg: ml_collections.ConfigDict, key: str):

@@ -3,7 +3,8 @@
 ``prepare`` builds what training reads, ahead of training: the corpus (with dedup), the
 tokenizer and the train split's token cache (multi-host: process 0 builds, the others
 wait for it). ``stats`` prepares the same way and prints one JSON object: documents,
-tokens, tokens per byte, dedup and skip counts.
+tokens, tokens per byte, dedup and skip counts (for a ``data.mixture``: one object per
+source, with its weight).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def stats(cfg, corpus, tokenizer, cache) -> dict:
 
 def main(argv) -> int:
     from kyx import distributed
-    from kyx.data import pipeline, token_cache
+    from kyx.data import mixture, pipeline, token_cache
 
     action, cfg = _parse(argv)
     distributed.maybe_initialize()
@@ -53,11 +54,21 @@ def main(argv) -> int:
 
     start = time.perf_counter()
     corpus, tokenizer = pipeline.prepare(cfg.data)
-    cache = token_cache.load(corpus, cfg.data.train_split, tokenizer, cfg.data.data_dir,
-                             workers=cfg.data.cache_workers, process_index=jax.process_index())
-    if action == "prepare":
-        print(f"prepared {cache.directory}: {cache.info['documents']} documents, "
-              f"{cache.info['tokens']} tokens ({time.perf_counter() - start:.1f} s)", flush=True)
-    else:
-        print(json.dumps(stats(cfg.data, corpus, tokenizer, cache), indent=1), flush=True)
+    sources = ([(k, corpus.configs[k], corpus.corpora[k]) for k in corpus.labels]
+               if isinstance(corpus, mixture.Mixture) else [(None, cfg.data, corpus)])
+    report = {}
+    for label, source_cfg, source in sources:
+        cache = token_cache.load(source, source_cfg.train_split, tokenizer, source_cfg.data_dir,
+                                 workers=cfg.data.cache_workers,
+                                 process_index=jax.process_index())
+        if action == "prepare":
+            print(f"prepared {cache.directory}: {cache.info['documents']} documents, "
+                  f"{cache.info['tokens']} tokens ({time.perf_counter() - start:.1f} s)",
+                  flush=True)
+        else:
+            report[label] = stats(source_cfg, source, tokenizer, cache)
+            if label is not None:
+                report[label]["weight"] = corpus.weights[label]
+    if action == "stats":
+        print(json.dumps(report[None] if None in report else report, indent=1), flush=True)
     return 0

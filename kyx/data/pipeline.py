@@ -41,7 +41,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from kyx.data import dedup, token_cache, windows
+from kyx.data import dedup, mixture, token_cache, windows
 from kyx.data.corpus import Corpus, default_data_dir, load_corpus
 from kyx.data.encode import ReadStats, Tokenize, next_token_targets, record_text  # noqa: F401
 from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
@@ -77,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.read_threads = 2         # threads tokenizing documents ahead of packing
     c.prefetch = 32            # documents tokenized ahead, per iterator
     c.dedup = dedup.default_config()  # local corpora: exact + MinHash near-duplicate removal
+    # {label: {name, path, ..., weight}}: several corpora sampled by weight (kyx/data/mixture.py)
+    c.mixture = ml_collections.ConfigDict()
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.vocab_size = 4096
     c.tokenizer.model_path = ""       # existing .model file; '' = train (cached) on the corpus
@@ -184,6 +186,9 @@ def packed_train_iterator(cfg, corpus, tokenizer, *, process_index, process_coun
     """Documents in a shuffled order, tokenized and packed while training (grain). Its use:
     corpora too large to pre-tokenize up front, and reproducing runs made before the cache;
     batches come from one or two long documents at a time (noisy losses)."""
+    if isinstance(corpus, mixture.Mixture):
+        raise ConfigError("data.mixture needs data.sampling='iid' (the packed pipeline reads "
+                          "one corpus)")
     stats = ReadStats()
     ds = make_dataset(cfg, corpus, tokenizer, "train", process_index=process_index,
                       process_count=process_count, stats=stats)
@@ -193,7 +198,20 @@ def packed_train_iterator(cfg, corpus, tokenizer, *, process_index, process_coun
 @TRAIN_SAMPLERS.register("iid")
 def iid_train_iterator(cfg, corpus, tokenizer, *, process_index, process_count):
     """i.i.d. windows of the train split's token cache (built here once; process 0 builds
-    it, the others wait for it on the shared data_dir)."""
+    it, the others wait for it on the shared data_dir); a mixture draws each row's source
+    by weight from one such stream per source (kyx/data/mixture.py)."""
+    if isinstance(corpus, mixture.Mixture):
+        streams = {}
+        for label, src in corpus.configs.items():
+            cache = token_cache.load(corpus.corpora[label], src.train_split, tokenizer,
+                                     src.data_dir, workers=cfg.cache_workers,
+                                     process_index=process_index)
+            streams[label] = windows.WindowIterator(
+                cache, cfg.seq_len, cfg.batch_size, mixture.source_seed(cfg.seed, label),
+                pad_id=tokenizer.pad_id, corpus_stats=corpus.corpora[label].stats)
+        return mixture.MixtureIterator(streams, corpus.weights, cfg.batch_size, cfg.seed,
+                                       process_index=process_index,
+                                       process_count=process_count)
     cache = token_cache.load(corpus, cfg.train_split, tokenizer, cfg.data_dir,
                              workers=cfg.cache_workers, process_index=process_index)
     return windows.WindowIterator(cache, cfg.seq_len, cfg.batch_size, cfg.seed,
@@ -217,6 +235,12 @@ def make_iterator(cfg, corpus: Corpus, tokenizer: Tokenizer, split: str = "train
         _check(cfg, process_index, process_count)
         return TRAIN_SAMPLERS.get(cfg.get("sampling", "packed"))(
             cfg, corpus, tokenizer, process_index=process_index, process_count=process_count)
+    if isinstance(corpus, mixture.Mixture):  # the sources' validation passes, one by one
+        return mixture.chain_batches(
+            [lambda label=label: make_iterator(
+                corpus.configs[label], corpus.corpora[label], tokenizer, split,
+                process_index=process_index, process_count=process_count)
+             for label in corpus.labels])
     stats = ReadStats()
     ds = make_dataset(cfg, corpus, tokenizer, split, process_index=process_index,
                       process_count=process_count, stats=stats)
@@ -243,12 +267,18 @@ def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
         return SentencePieceTokenizer.from_file(tcfg.model_path)
     cache_dir = os.path.join(cfg.data_dir or default_data_dir(), "tokenizers")
     # A fixed sampling seed: the tokenizer must not change with the data order seed.
-    return train_sentencepiece(corpus_texts(corpus, cfg.train_split), vocab_size=tcfg.vocab_size,
+    if isinstance(corpus, mixture.Mixture):  # a sample drawn by the mixture's weights
+        texts = mixture.sample_texts(
+            {k: corpus_texts(c, corpus.configs[k].train_split) for k, c in corpus.corpora.items()},
+            corpus.weights)
+    else:
+        texts = corpus_texts(corpus, cfg.train_split)
+    return train_sentencepiece(texts, vocab_size=tcfg.vocab_size,
                                cache_dir=cache_dir, corpus_id=corpus.fingerprint,
                                max_bytes=tcfg.sample_bytes)
 
 
 def prepare(cfg) -> tuple[Corpus, Tokenizer]:
     """Builds or loads the corpus and the tokenizer named by the data config."""
-    corpus = load_corpus(cfg)
+    corpus = mixture.load(cfg) if cfg.get("mixture") else load_corpus(cfg)
     return corpus, make_tokenizer(cfg, corpus)

@@ -4,17 +4,21 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
 from kyx import axes as ax
-from kyx.data import pipeline
+from kyx.data import mixture, pipeline
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
 from kyx.model.config import ModelConfig
 from kyx.model.transformer import Decoder
 from kyx.objectives import lm
 from kyx.train.base import Trainer, make_trainer, single_model_step
+from kyx.train import hooks as hooks_lib
+from kyx.train.evaluation import trainer_eval
 from kyx.train.forward import forward_with_aux
 from kyx.train.init_from import params_loader
 
@@ -91,9 +95,33 @@ def build(cfg) -> Trainer:
                           f"tokenizer's {tokenizer.vocab_size}; raise model.vocab_size")
     split = pipeline.process_split()
     train_iter = pipeline.make_iterator(cfg.data, corpus, tokenizer, "train", **split)
+    extra = ([source_eval_hook(cfg, corpus, tokenizer, split)]
+             if isinstance(corpus, mixture.Mixture) else [])
     return make_trainer(
         cfg, step, train_iter=train_iter, batch_axes=BATCH_AXES,
         eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len),
         eval_batches=lambda: pipeline.make_iterator(cfg.data, corpus, tokenizer, "validation",
                                                     **split),
-        summarize_eval=summarize_eval, tokenizer=tokenizer)
+        summarize_eval=summarize_eval, tokenizer=tokenizer, hooks=extra)
+
+
+def source_eval_hook(cfg, corpus: mixture.Mixture, tokenizer, split: dict) -> hooks_lib.Hook:
+    """``eval/<label>/loss`` (and perplexity, tokens) of each mixture source's validation
+    split, in the same row as the pooled ``eval/...`` (it runs just before the eval hook,
+    which writes the row)."""
+    def batches(label):
+        return lambda: pipeline.make_iterator(corpus.configs[label], corpus.corpora[label],
+                                              tokenizer, "validation", **split)
+
+    def evaluate(run) -> None:
+        run.collect()
+        params = {n: m.params for n, m in run.state.models.items()}
+        with run.untimed():
+            for label in corpus.labels:
+                source = dataclasses.replace(run.trainer, eval_batches=batches(label))
+                metrics, _ = trainer_eval(source, params, run.mesh, run.rules, run.eval_fn)
+                run.add_metrics(run.step, {f"eval/{label}/{k.split('/', 1)[1]}": v
+                                           for k, v in metrics.items()})
+    return hooks_lib.Hook("eval_sources", evaluate, every=cfg.train.eval_every,
+                          order=hooks_lib.EVAL - 1,
+                          at_start=cfg.train.get("eval_at_start", False))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 from kyx import rewards, sharding
 from kyx.checkpoint import excp_quant, excp_store
 from kyx.data import templates
+from kyx.data import mixture
 from kyx.data.pipeline import TRAIN_SAMPLERS
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
@@ -289,6 +290,22 @@ def _sequence_fits_the_model(cfg):
     elif _has(cfg, "rl.max_new_tokens") and seq + cfg.rl.max_new_tokens > limit:
         yield ("rl.max_new_tokens", cfg.rl.max_new_tokens,
                f"data.seq_len + rl.max_new_tokens = {seq + cfg.rl.max_new_tokens} {why}")
+
+
+@rule()
+def _mixture_sources(cfg):
+    """Every data.mixture source has a positive weight and only per-source keys."""
+    if not (_has(cfg, "data.mixture") and cfg.data.mixture):
+        return
+    try:
+        sources = mixture.source_configs(cfg.data)
+    except ConfigError as e:
+        yield "data.mixture", NO_VALUE, str(e)
+        return
+    if len(sources) < 2:
+        yield "data.mixture", sorted(sources), "needs at least two sources (one corpus: data.name)"
+    if cfg.data.get("sampling", "iid") != "iid":
+        yield "data.sampling", cfg.data.sampling, "must be 'iid' with a data.mixture"
 
 
 @rule()

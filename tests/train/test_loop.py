@@ -28,14 +28,32 @@ def _losses(workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, tmp_path,
-                                                             kill_and_resume):
+def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, small_corpus,
+                                                             tmp_path, kill_and_resume):
+    """Bit-exact per-step losses after kill -9 (ExCP off; the ExCP-on twin with one corpus
+    is tests/checkpoint/test_excp_sigkill.py), here on a two-source data mixture, whose
+    per-source evaluation is checked on the way."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(6):
+        (notes / f"n{i}.txt").write_text(f"note {i}: " + "some plain words. " * (40 + 9 * i))
+    mixture = {"code": {"name": "text_files", "path": small_corpus, "weight": 3.0},
+               "notes": {"name": "text_files", "path": str(notes), "weight": 1.0,
+                         "min_val_files": 2}}
     # killed after step 10: checkpoint 8 is committed (sync saves)
-    ref_dir, killed_dir = kill_and_resume("pretrain", tmp_path, fast_overrides +
-                                          ["train.steps=14"], 10)
+    ref_dir, killed_dir = kill_and_resume("pretrain", tmp_path, fast_overrides + [
+        "train.steps=14", f"data.mixture={json.dumps(mixture)}"], 10)
     ref_losses, got = _losses(ref_dir), _losses(killed_dir)
     assert sorted(got) == list(range(1, 15))
     assert got == ref_losses  # bit-exact per-step losses
+    rows = {r["step"]: r for r in read_metrics(ref_dir)}
+    for step in (6, 12, 14):  # train.eval_every=6, and the end
+        assert {"eval/loss", "eval/code/loss", "eval/notes/loss"} <= set(rows[step])
+    # the pooled loss is the token-weighted mean of the sources'
+    r = rows[14]
+    pooled = ((r["eval/code/loss"] * r["eval/code/tokens"] + r["eval/notes/loss"]
+               * r["eval/notes/tokens"]) / (r["eval/code/tokens"] + r["eval/notes/tokens"]))
+    assert r["eval/loss"] == pytest.approx(pooled, rel=1e-5)
 
 
 @pytest.mark.slow
