@@ -45,3 +45,11 @@ PRESETS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return config_lib.from_preset(pretrain.default_config(), PRESETS, arg)
+
+
+def sampling() -> list[dict]:
+    """Training rows as i.i.d. cache windows (the default) vs document-order packing, the
+    rest equal; run with ``experiments/sweep.py --sweep sampling --seeds 3
+    --config.train.log_every=1`` and compare with ``experiments/data_sampling.py``."""
+    return [{"name": "iid", "overrides": ["data.sampling=iid"]},
+            {"name": "packed", "overrides": ["data.sampling=packed"]}]

@@ -9,6 +9,18 @@ Train both (same seed and steps; log every step), then compare:
 
 Prints one JSON line per run: the std of step-to-step train-loss differences over the last
 ``--last`` steps and the final eval loss.
+
+Several seeds (``experiments/sweep.py --config configs/pretrain.py:tiny --sweep sampling
+--seeds 3 --root R --config.train.log_every=1``): ``--root R`` reads ``R/<variant>/seed<k>``
+and prints, per variant, mean ± std over seeds of: the lag-1 std above, the std of
+differences 20 steps apart (the default ``log_every``, i.e. what a loss curve shows), and
+the std of the residual around a 51-step moving average; then the packed / iid ratios.
+
+``--floor`` separates sampling noise from training dynamics: with the final params of the
+first iid run fixed, it draws ``--floor-batches`` consecutive training batches from each
+sampler (a seed the run never used) and reports the std of consecutive batch-loss
+differences. For i.i.d. windows that is the noise floor of a batch of this size, the
+part no data order can remove.
 """
 import argparse
 import json
@@ -33,13 +45,96 @@ def summary(workdir: str, last: int) -> dict:
             "final_eval_loss": round(evals[-1][1], 4), "train": train, "eval": evals}
 
 
+def noise(loss: np.ndarray) -> dict:
+    """Noise measures of a train-loss series (its last steps, logged every step)."""
+    w = 51
+    trend = np.convolve(loss, np.ones(w) / w, mode="valid")
+    resid = loss[w // 2: w // 2 + len(trend)] - trend
+    return {"std_diff_lag1": float(np.std(np.diff(loss))),
+            "std_diff_lag20": float(np.std(loss[20:] - loss[:-20])),
+            "std_resid_ma51": float(np.std(resid))}
+
+
+def seed_table(root: str, variants: list[str], seeds: int, last: int) -> dict:
+    out = {}
+    for v in variants:
+        per_seed = []
+        for k in range(seeds):
+            s = summary(os.path.join(root, v, f"seed{k}"), last)
+            loss = np.asarray([x for _, x in s.pop("train")])[-last:]
+            s.pop("eval")
+            per_seed.append({**noise(loss), "final_eval_loss": s["final_eval_loss"],
+                             "mean_train_loss_last": s["mean_train_loss_last"]})
+        out[v] = {key: (float(np.mean([r[key] for r in per_seed])),
+                        float(np.std([r[key] for r in per_seed], ddof=1)))
+                  for key in per_seed[0]}
+        out[v]["per_seed"] = per_seed
+    return out
+
+
+def batch_losses(workdir: str, sampling: str, batches: int, seed: int) -> np.ndarray:
+    """Mean train-batch CE of ``batches`` consecutive batches at the run's final params."""
+    import jax
+    import jax.numpy as jnp
+
+    import kyx
+    from kyx.data import pipeline
+    from kyx.objectives import lm
+
+    loaded = kyx.load(workdir)
+    cfg = loaded.config.data
+    with cfg.unlocked():
+        cfg.sampling, cfg.seed = sampling, seed
+    corpus = pipeline.load_corpus(cfg)  # the run's own tokenizer, not a retrained one
+    it = pipeline.make_iterator(cfg, corpus, loaded.tokenizer, "train")
+
+    @jax.jit
+    def loss(params, batch):
+        logits, _ = loaded.model.apply({"params": params}, batch["tokens"],
+                                       batch["segment_ids"], batch["positions"])
+        ce, _ = lm.token_cross_entropy(logits, batch["targets"])
+        m = batch["loss_mask"].astype(jnp.float32)
+        return jnp.sum(ce * m) / jnp.sum(m)
+    return np.asarray([float(loss(loaded.params, {k: jnp.asarray(v) for k, v in next(it).items()
+                                                  if k in ("tokens", "segment_ids", "positions",
+                                                           "targets", "loss_mask")}))
+                       for _ in range(batches)])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workdirs", nargs="+")
+    p.add_argument("workdirs", nargs="*")
+    p.add_argument("--root", help="a sweep root with <variant>/seed<k> workdirs")
+    p.add_argument("--variants", nargs="+", default=["packed", "iid"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--floor", action="store_true")
+    p.add_argument("--floor-batches", type=int, default=300)
     p.add_argument("--labels", nargs="+")
     p.add_argument("--last", type=int, default=300)
     p.add_argument("--out", default="docs/images/iid_vs_packed.png")
     args = p.parse_args()
+    if args.root:
+        table = seed_table(args.root, args.variants, args.seeds, args.last)
+        for v, row in table.items():
+            print(json.dumps({"variant": v, "seeds": args.seeds, **{
+                k: [round(x, 4) for x in val] for k, val in row.items() if k != "per_seed"},
+                "per_seed": row["per_seed"]}))
+        a, b = args.variants[:2]
+        print(json.dumps({"ratio": f"{a}/{b}", **{
+            k: [round(ra[k] / rb[k], 3) for ra, rb in zip(table[a]["per_seed"],
+                                                          table[b]["per_seed"])]
+            for k in ("std_diff_lag1", "std_diff_lag20", "std_resid_ma51")}}))
+        if args.floor:
+            workdir = os.path.join(args.root, "iid", "seed0")
+            for sampling in ("iid", "packed"):
+                losses = batch_losses(workdir, sampling, args.floor_batches, seed=12345)
+                print(json.dumps({"floor": sampling, "params": workdir,
+                                  "batches": len(losses),
+                                  "std_batch_loss": round(float(np.std(losses)), 4),
+                                  **{k: round(v, 4) for k, v in noise(losses).items()}}))
+        args.workdirs = args.workdirs or [os.path.join(args.root, v, "seed0")
+                                          for v in args.variants]
+        args.labels = args.labels or [f"{v} (seed 0)" for v in args.variants]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,7 +1,7 @@
 """Run a config's sweep (one training run per variant, sequentially) and tabulate it.
 
     python experiments/sweep.py --config configs/moe.py:tiny --sweep sweep \
-        --root runs/moe_ablation [--steps N] [--config.a.b=v ...]
+        --root runs/moe_ablation [--steps N] [--seeds K] [--config.a.b=v ...]
 
 The config file defines ``<sweep>() -> [{"name": str, "overrides": ["a.b=v", ...]}]``.
 Every variant trains in ``ROOT/<name>`` with the base config, the command-line overrides
@@ -10,6 +10,11 @@ workdir is reused, so an interrupted sweep can simply be re-run. Then ``ROOT`` g
 ``results.md`` / ``results.json`` (final train loss, train CE over the last 10% of steps,
 eval loss and perplexity, tokens/s and, for MoE runs, flagged fraction and load-balance
 statistics) and ``loss_curves.png``.
+
+``--seeds K`` (K > 1) trains every variant K times, in ``ROOT/<name>/seed<k>`` with
+``train.seed=k`` and ``data.seed=k`` (init and data order both change), and reports each
+number as mean ± std over the seeds (sample std, ddof=1); the plot shows the seed mean.
+A difference between variants smaller than their stds is noise, not a result.
 """
 from __future__ import annotations
 
@@ -107,18 +112,63 @@ COLUMNS = [("steps", "steps", "{:d}"), ("train_loss", "train loss", "{:.4f}"),
            ("dropped_frac", "dropped", "{:.4f}"), ("tokens_per_s", "tokens/s", "{:,.0f}")]
 
 
+def seed_workdirs(root: str, name: str, seeds: int) -> list[tuple[list[str], str]]:
+    """(seed overrides, workdir) of each run of one variant; one seed keeps ``ROOT/<name>``."""
+    if seeds == 1:
+        return [([], os.path.join(root, name))]
+    return [([f"train.seed={k}", f"data.seed={k}"], os.path.join(root, name, f"seed{k}"))
+            for k in range(seeds)]
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and sample std over seeds of every number the runs share (None where any lacks it)."""
+    out = {"n_seeds": len(runs)}
+    for key in runs[0]:
+        vals = [r.get(key) for r in runs]
+        if any(not isinstance(v, (int, float)) for v in vals):
+            out[key] = None if all(v is None for v in vals) else vals[0]
+            continue
+        out[key] = float(np.mean(vals))
+        out[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     cols = [c for c in COLUMNS if any(c[0] in r for r in results.values())]
     lines = ["| variant | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for name, r in results.items():
-        cells = ["n/a" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in cols]
+        cells = []
+        for k, _, fmt in cols:
+            if r.get(k) is None:
+                cells.append("n/a")
+            elif r.get("n_seeds", 1) > 1 and k != "steps":
+                spec = fmt.replace(":d", ":.0f")
+                cells.append(f"{spec.format(r[k])} ± {spec.format(r[k + '_std'])}")
+            else:
+                cells.append(fmt.format(int(r[k]) if k == "steps" else r[k]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(root: str, names: list[str], out: str) -> str:
-    """Train CE (moving average over ~2% of the steps) and eval loss per variant."""
+def _curves(workdirs: list[str]):
+    """Train CE and eval loss of one variant, averaged over its seeds' workdirs."""
+    train, evals = [], []
+    for w in workdirs:
+        rows = read_metrics(w)
+        train.append([(r["step"], r.get("train/ce", r["train/loss"]))
+                      for r in rows if "train/loss" in r])
+        evals.append([(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r])
+    n = min(map(len, train))
+    steps = np.asarray([s for s, _ in train[0][:n]])
+    loss = np.mean([[v for _, v in t[:n]] for t in train], axis=0)
+    m = min(map(len, evals))
+    ev = [(evals[0][i][0], float(np.mean([e[i][1] for e in evals]))) for i in range(m)]
+    return steps, loss, ev
+
+
+def plot(root: str, names: list[str], out: str, seeds: int = 1) -> str:
+    """Train CE (moving average over ~2% of the steps) and eval loss per variant (seed means)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -126,19 +176,16 @@ def plot(root: str, names: list[str], out: str) -> str:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, name in enumerate(names):
-        rows = read_metrics(os.path.join(root, name))
-        train = [(r["step"], r.get("train/ce", r["train/loss"])) for r in rows if "train/loss" in r]
-        steps, loss = map(np.asarray, zip(*train))
+        steps, loss, ev = _curves([w for _, w in seed_workdirs(root, name, seeds)])
         w = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
         color = f"C{i}"
         ax.plot(steps, loss, color=color, alpha=0.2, lw=0.8)
         ax.plot(steps[w - 1:], smooth, color=color, lw=1.5, label=f"{name} train CE")
-        ev = [(r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r]
         if ev:
             ax.plot(*zip(*ev), "o--", color=color, ms=4, lw=0.8, label=f"{name} eval loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel("loss (nats/token)" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -152,27 +199,37 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", default="sweep", help="function in the config file")
     parser.add_argument("--root", required=True, help="directory for the variants' workdirs")
     parser.add_argument("--steps", type=int, default=0, help="override train.steps")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="runs per variant (train.seed = data.seed = 0..K-1); mean ± std")
     args = parser.parse_args(rest)
     if spec is None:
         parser.error("--config PATH[:PRESET] is required (e.g. configs/moe.py:tiny)")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     variants = load_sweep(spec, args.sweep)
     if args.steps:
         overrides = overrides + [f"train.steps={args.steps}"]
     os.makedirs(args.root, exist_ok=True)
     results = {}
     for v in variants:
-        workdir = os.path.join(args.root, v["name"])
-        print(f"== {v['name']}: {' '.join(v['overrides'])}", flush=True)
-        run_variant(spec, overrides + list(v["overrides"]), workdir)
-        results[v["name"]] = {"overrides": list(v["overrides"]), **summarize(workdir)}
+        runs = []
+        for seed_overrides, workdir in seed_workdirs(args.root, v["name"], args.seeds):
+            print(f"== {v['name']} {' '.join(seed_overrides)}: {' '.join(v['overrides'])}",
+                  flush=True)
+            run_variant(spec, overrides + list(v["overrides"]) + seed_overrides, workdir)
+            runs.append(summarize(workdir))
+        results[v["name"]] = {"overrides": list(v["overrides"]),
+                              **(runs[0] if args.seeds == 1 else aggregate(runs)),
+                              **({"per_seed": runs} if args.seeds > 1 else {})}
     table = markdown_table(results)
-    header = (f"# Sweep `{args.sweep}` of `{spec}`\n\noverrides: `{' '.join(overrides)}`\n\n")
+    header = (f"# Sweep `{args.sweep}` of `{spec}`\n\noverrides: `{' '.join(overrides)}`"
+              + (f"; mean ± std over {args.seeds} seeds" if args.seeds > 1 else "") + "\n\n")
     with open(os.path.join(args.root, "results.md"), "w") as f:
         f.write(header + table)
     with open(os.path.join(args.root, "results.json"), "w") as f:
         json.dump({"config": spec, "sweep": args.sweep, "overrides": overrides,
-                   "results": results}, f, indent=2)
-    plot(args.root, list(results), os.path.join(args.root, "loss_curves.png"))
+                   "seeds": args.seeds, "results": results}, f, indent=2)
+    plot(args.root, list(results), os.path.join(args.root, "loss_curves.png"), args.seeds)
     print(table, flush=True)
     return 0
 

@@ -3,7 +3,8 @@
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
     kyx sample --workdir runs/tiny --prompt "def main(" [--max-tokens N --temperature T
-               --top-k K --top-p P --seed S --chat]
+               --top-k K --top-p P --seed S --chat --int8]
+    kyx sample --workdir runs/tiny --prompts FILE.jsonl --out OUT.jsonl [--batch-size 16 ...]
     kyx excp compress|restore|stats --workdir DIR [--step N --out DIR2]
     kyx convert --from-hf HF_DIR --workdir OUT | --to-hf --workdir DIR --out HF_DIR
     kyx upcycle --workdir DENSE --out MOE --num-experts E [--noise S]
@@ -15,6 +16,10 @@
     kyx --version          the installed kyx version
     kyx --verbose COMMAND  also show the libraries' logs (Orbax, tfds, grain via absl);
                            accepted after the command too
+
+Compiled programs are kept in JAX's persistent cache ($KYX_COMPILATION_CACHE_DIR, else
+~/.cache/kyx/jax; KYX_COMPILATION_CACHE=0 turns it off), so a repeated command skips most
+of its compilation (kyx/compilation_cache.py).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import sys
 
 import kyx
 from kyx import logs
+from kyx.compilation_cache import enable_compilation_cache
 from kyx.errors import KyxError
 
 # command -> module with main(argv) -> exit code (imported only when used)
@@ -53,6 +59,7 @@ def main(argv=None) -> int:
             print(f"\nunknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}")
             return 2
         return 0
+    enable_compilation_cache()
     try:
         return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     except KyxError as e:

@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# the CLI's persistent compilation cache stays off in tests (no writes to ~/.cache; the
+# switch itself is tested in tests/test_compilation_cache.py)
+os.environ.setdefault("KYX_COMPILATION_CACHE", "0")
 
 import shutil  # noqa: E402
 import sysconfig  # noqa: E402

@@ -72,6 +72,9 @@ CASES = [
     ("pretrain", "model.num_heads=3", "model.num_kv_heads"),
     ("sft", "data.records.source=bogus", "mined, jsonl"),
     ("sft", "loss.neg_weight=-1", ">= 0"),
+    ("lud", "lud.k=1", ">= 2"),
+    ("lud", "lud.alpha=1.5", "<= 1"),
+    ("lud", "loss.negative_feedback=True", "plain SFT loss"),
     ("rm", "loss.margin=bogus", "none, small, large"),
     ("dpo", "loss.name=bogus", "dpo, ipo"),
     ("dpo", "reference=bogus", "frozen, precomputed"),
@@ -112,7 +115,8 @@ def test_every_zero_means_only_at_the_end():
                                            "train.log_every=0", "optim.lr=0"]))
 
 
-@pytest.mark.parametrize("name", ["pretrain", "moe", "sft", "rm", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("name", ["pretrain", "moe", "sft", "rm", "dpo", "ppo", "grpo",
+                                  "lud"])
 def test_every_preset_validates(name):
     for preset in _presets(name):
         validation.validate(_load(name, preset=preset))

@@ -10,7 +10,7 @@ KYX = os.path.join(ROOT, "kyx")
 
 # package -> kyx packages it may import (besides itself and the leaf modules below)
 LEAVES = {"kyx.errors", "kyx.axes", "kyx.fileio", "kyx.logs", "kyx.registry",
-          "kyx.distributed"}
+          "kyx.distributed", "kyx.compilation_cache"}
 LAYERS = {
     "kyx.config": set(),
     "kyx.sharding": set(),

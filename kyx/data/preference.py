@@ -118,8 +118,9 @@ class SftElements(grain.experimental.FlatMapTransform):
     """Record -> its positive sequence, or (``negative=True``) its negative sequences."""
 
     def __init__(self, template: chat.Template, seq_len: int, negative: bool,
-                 max_negatives: int, system: str, stats: Stats):
+                 max_negatives: int, system: str, stats: Stats, transform=None):
         self.template, self.seq_len, self.negative = template, seq_len, negative
+        self.transform = transform  # positive element -> element (e.g. kyx/train/lud.py)
         self.max_negatives = min(max_negatives or MAX_NEGATIVES, MAX_NEGATIVES)
         self.system, self.stats, self.max_fan_out = system, stats, MAX_NEGATIVES
 
@@ -135,8 +136,9 @@ class SftElements(grain.experimental.FlatMapTransform):
         pad = self.template.tokenizer.pad_id
         if not self.negative:
             t = chat.targets(encs[0], pad)
-            return [{"tokens": t["tokens"], "targets": t["targets"], "mask": t["loss_mask"],
-                     "neg_index": np.zeros(len(t["tokens"]), np.int32)}]
+            element = {"tokens": t["tokens"], "targets": t["targets"], "mask": t["loss_mask"],
+                       "neg_index": np.zeros(len(t["tokens"]), np.int32)}
+            return [self.transform(element) if self.transform else element]
         out = []
         for k, enc in enumerate(encs[1:], 1):
             t = chat.targets(enc, pad)
@@ -229,11 +231,13 @@ def has_negatives(source, scan: int = 1000) -> bool:
 
 def make_sft_iterator(cfg, records, template: chat.Template, split: str = "train", *,
                       negatives: bool = False, max_negatives: int | None = None,
-                      process_index: int = 0, process_count: int = 1) -> SftIterator:
+                      process_index: int = 0, process_count: int = 1,
+                      transform=None) -> SftIterator:
     """Packed SFT batches: positive rows (keys of SFT_AXES without ``neg_``) and, with
     ``negatives``, as many rows of packed negative sequences (``neg_*``; at most
     ``max_negatives`` per record, default ``records.max_negatives``, 0 = all). Without ``negatives`` the ``neg_*`` rows are
-    padding, so the positive rows are the same whether or not negatives are used."""
+    padding, so the positive rows are the same whether or not negatives are used.
+    ``transform`` maps each positive element (tokens, targets, mask) before packing."""
     pipeline._check(cfg, process_index, process_count)
     train = split == "train"
     source = records.source(split)
@@ -253,7 +257,8 @@ def make_sft_iterator(cfg, records, template: chat.Template, split: str = "train
             ds = ds.shuffle(seed=cfg.seed).repeat(cfg.num_epochs or None)
         ds = grain.experimental.FlatMapIterDataset(
             ds.to_iter_dataset(grain.ReadOptions(num_threads=0)),
-            SftElements(template, cfg.seq_len, negative, cap, cfg.records.system, stats))
+            SftElements(template, cfg.seq_len, negative, cap, cfg.records.system, stats,
+                        None if negative else transform))
         length = {k: cfg.seq_len for k in ("tokens", "targets", "mask", "neg_index")}
         ds = grain.experimental.FirstFitPackIterDataset(
             ds, length_struct=length, num_packing_bins=cfg.batch_size, shuffle_bins=False)

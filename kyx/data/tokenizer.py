@@ -8,8 +8,9 @@ Training input is cut into line-aligned chunks, so newlines take part in merges
 and ``decode(encode(s)) == s`` holds for any string, tabs and newlines included.
 
 Ids of models trained here: pad=0, unk=1, bos=2, eos=3, the four chat control
-pieces ``CHAT_TOKENS`` (ids 4..7: system, user, assistant, end of turn), then the
-256 byte pieces ``<0x00>``..``<0xFF>`` (ids 8..263), then learned pieces. Control
+pieces ``CHAT_TOKENS`` (ids 4..7: system, user, assistant, end of turn), the LUD
+placeholder ``PLACEHOLDER`` (id 8), then the 256 byte pieces ``<0x00>``..``<0xFF>``
+(ids 9..264), then learned pieces. Control
 pieces are never produced by ``encode`` (text such as "<|user|>" stays text); the
 chat template (kyx/data/chat.py) inserts their ids, and falls back to encoding the
 marker text when a tokenizer lacks them (older or converted tokenizers). A trained
@@ -36,6 +37,9 @@ log = get_logger(__name__)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Reserved for chat formatting (post-training); ids 4..7 in tokenizers trained here.
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|eot|>")
+# Lexical Unit Decoding's placeholder (kyx/model/lud.py): an input-only id, never a target;
+# id 8 in tokenizers trained here.
+PLACEHOLDER = "<|ph|>"
 SENTENCE_BYTES = 4096  # longest training chunk; sentencepiece drops longer ones
 
 TRAINER_OPTIONS = dict(
@@ -50,7 +54,7 @@ TRAINER_OPTIONS = dict(
     character_coverage=0.9999,
     max_sentence_length=SENTENCE_BYTES,
     pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-    control_symbols=list(CHAT_TOKENS),
+    control_symbols=[*CHAT_TOKENS, PLACEHOLDER],
 )
 
 
@@ -138,6 +142,20 @@ class SentencePieceTokenizer:
         """Id of a single piece such as "<|user|>" (control or user-defined), else None."""
         i = self._sp.piece_to_id(piece)
         return None if i == self._sp.unk_id() or self._sp.id_to_piece(i) != piece else i
+
+
+def placeholder_id(tokenizer) -> int:
+    """The tokenizer's LUD placeholder id (``PLACEHOLDER``), or a ConfigError saying why
+    there is none."""
+    special = getattr(tokenizer, "special_id", lambda piece: None)
+    ph = special(PLACEHOLDER)
+    if ph is None:
+        raise ConfigError(
+            f"Lexical Unit Decoding needs the input-only placeholder piece {PLACEHOLDER!r}, "
+            "which this tokenizer lacks (tokenizers trained by kyx reserve it as id 8 since "
+            "LUD was added); train the model with a current kyx tokenizer, then LUD-train it "
+            "(configs/lud.py)")
+    return ph
 
 
 def to_sentences(texts: Iterable[str], max_bytes: int,

@@ -35,7 +35,7 @@ import tempfile
 from kyx.data import hf_tokenizer
 from kyx.data.chat import jinja_source, reserves_chat_tokens
 from kyx.data.templates import template_of
-from kyx.data.tokenizer import CHAT_TOKENS
+from kyx.data.tokenizer import CHAT_TOKENS, PLACEHOLDER
 from kyx.distributed import is_writer
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write
@@ -90,6 +90,8 @@ def tokenizer_config(tokenizer, max_len: int) -> dict:
 
 def special_tokens_map(tokenizer) -> dict:
     extra = list(CHAT_TOKENS) if reserves_chat_tokens(tokenizer) else []
+    special = getattr(tokenizer, "special_id", lambda piece: None)
+    extra += [PLACEHOLDER] if special(PLACEHOLDER) is not None else []
     return {**_token_texts(tokenizer), "additional_special_tokens": extra}
 
 

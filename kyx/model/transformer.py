@@ -19,6 +19,7 @@ from kyx.model.attention import Attention
 from kyx.model.config import ModelConfig
 from kyx.model.layers import Embed, OutputHead, RMSNorm, SwiGLU
 from kyx.model.moe import PROBE_COLLECTION, MoE
+from kyx.model.quant import dequantize_params
 from kyx.sharding import constrain
 
 
@@ -92,9 +93,19 @@ def _maybe_remat(block, cfg: ModelConfig):
     return nn.remat(block, prevent_cse=False, policy=remat_policy(cfg.remat))
 
 
+def dequantizing(module_cls):
+    """``module_cls`` reading its params through ``quant.dequantize_params``: int8 weights
+    (kyx/model/quant.py) become float32 where the module uses them (inside the layer scan:
+    one layer's weights at a time), float params pass through untouched."""
+    # mutable=True: otherwise flax hides the params from the module whenever another
+    # collection is mutable (capture_intermediates, probes)
+    return nn.map_variables(module_cls, "params", trans_in_fn=dequantize_params,
+                            mutable=True)
+
+
 def _scan(block, cfg: ModelConfig, length: int, name: str):
     return nn.scan(
-        block,
+        dequantizing(block),
         variable_axes={"params": 0, PROBE_COLLECTION: 0, "perturbations": 0,
                        "intermediates": 0},
         split_rngs={"params": True, "jitter": True},
@@ -122,7 +133,7 @@ class Decoder(nn.Module):
     def setup(self):
         cfg = self.cfg
         dtype = cfg.compute_dtype
-        self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, dtype)
+        self.embed = dequantizing(Embed)(cfg.vocab_size, cfg.d_model, cfg.init_std, dtype)
         if not cfg.is_moe:
             self.layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.num_layers, "layers")
         else:
@@ -132,7 +143,8 @@ class Decoder(nn.Module):
             self.moe_layers = _scan(SuperBlock, cfg, self.num_super_blocks, "moe_layers")
         self.final_norm = RMSNorm(cfg.norm_eps, dtype)
         if not cfg.tie_embeddings:
-            self.head = OutputHead(cfg.vocab_size, cfg.init_std, cfg.norm_head, dtype)
+            self.head = dequantizing(OutputHead)(cfg.vocab_size, cfg.init_std, cfg.norm_head,
+                                                 dtype)
 
     @property
     def num_super_blocks(self) -> int:

@@ -25,6 +25,7 @@ register("sft", "kyx.train.sft")
 register("rm", "kyx.train.rm")
 register("dpo", "kyx.train.dpo")
 register("ppo", "kyx.train.ppo")
+register("lud", "kyx.train.lud")
 
 
 def trainer_module(name: str):

@@ -2,7 +2,7 @@
 import numpy as np
 
 from kyx.data import chat
-from kyx.data.tokenizer import CHAT_TOKENS
+from kyx.data.tokenizer import CHAT_TOKENS, PLACEHOLDER
 from kyx.data.preference import SftElements, Stats
 
 PAD, BOS, EOS = 0, 2, 3
@@ -93,7 +93,8 @@ def test_negative_mask_starts_at_first_divergence_and_skips_formatting():
 def test_trained_tokenizers_reserve_chat_tokens(small_setup):
     _, _, tok = small_setup
     assert [tok.special_id(m) for m in CHAT_TOKENS] == [SYS, USR, AST, EOT]
-    assert tok.id_to_piece(8) == "<0x00>"  # byte pieces follow the reserved ids
-    assert not {SYS, USR, AST, EOT} & set(tok.encode("<|user|> hi <|eot|>"))  # text stays text
+    assert tok.special_id(PLACEHOLDER) == 8     # LUD's placeholder (kyx/model/lud.py)
+    assert tok.id_to_piece(9) == "<0x00>"  # byte pieces follow the reserved ids
+    assert not {SYS, USR, AST, EOT, 8} & set(tok.encode("<|user|> hi <|eot|> <|ph|>"))
     tmpl = chat.ChatTemplate(tok)
     assert tmpl.reserved and tmpl.prompt_ids("x")[:2] == [tok.bos_id, USR]

@@ -21,7 +21,7 @@ def _model(position="rope", kv=2):
 def test_cached_decoding_equals_full_forward(position):
     model, params = _model(position)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7], [5]]
-    tokens, lengths = pad_prompts(prompts)
+    tokens, lengths, _ = pad_prompts(prompts)
     out = generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                           jax.random.key(1), max_new_tokens=8, temperature=1.0,
                           return_logits=True)
@@ -37,7 +37,7 @@ def test_temperature_zero_equals_greedy():
     prompts = [[3, 1, 4, 1, 5], [2, 7]]
     greedy = generate(model, params, prompts, jax.random.key(0), max_new_tokens=6,
                       temperature=0.0)
-    tokens, lengths = pad_prompts(prompts)
+    tokens, lengths, _ = pad_prompts(prompts)
     out = generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                           jax.random.key(5), max_new_tokens=6, temperature=0.0,
                           return_logits=True)

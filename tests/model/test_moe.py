@@ -190,7 +190,7 @@ def test_cached_decoding_with_moe_equals_full_forward():
     model = Decoder(cfg)
     params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     prompts = [[1, 2, 3, 4, 5], [9, 8]]
-    tokens, lengths = pad_prompts(prompts)
+    tokens, lengths, _ = pad_prompts(prompts)
     out = generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                           jax.random.key(1), max_new_tokens=4, return_logits=True)
     # one full forward over both rows, right-padded (causal: padding cannot affect them)
