@@ -45,8 +45,11 @@ def test_dpo_eight_devices_equal_one(post_overrides, pretrained, post_config, ei
     trainer = registry.build(cfg)
     assert trainer.models["ref"].tx is None  # frozen reference in the train state
     batches = [next(trainer.train_iter) for _ in range(2)]
-    (m1, _), _ = eight_vs_one(trainer, batches)
+    # step 1: policy == reference, every reward margin is 0 up to rounding, so the
+    # accuracy (share of margins > 0) is compared through the margins only
+    (m1, _), _ = eight_vs_one(trainer, batches, step_functions={"rewards/accuracy"})
     assert abs(m1[0]["loss"] - math.log(2.0) - 0.2 * m1[0]["nll_chosen"]) < 1e-5
+    assert abs(m1[0]["rewards/margin"]) < 1e-5
 
 
 # value of each objective when the policy equals the reference (β = τ = 0.1)

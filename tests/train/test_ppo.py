@@ -55,7 +55,11 @@ def test_sampled_logprobs_equal_full_forward_and_rewards_are_recorded(rl_config)
     assert set(np.unique(exp["score"])) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("name,extra", [("ppo", []), ("grpo", []), ("ppo", ["rl.value=head"])],
+# GRPO: Adam's eps = 1e-6 here, because a few embedding rows of tokens the tiny policy
+# almost never emits get gradients ~1e-8, which eps = 1e-8 turns into full-size steps
+# whose sign is rounding noise of the layout; the comparison is of the step, not of that
+@pytest.mark.parametrize("name,extra", [("ppo", []), ("grpo", ["optim.eps=1e-6"]),
+                                        ("ppo", ["rl.value=head"])],
                          ids=["ppo", "grpo", "ppo_value_head"])
 def test_rl_step_eight_devices_equal_one(name, extra, rl_config, eight_vs_one):
     # a reward that varies with the response (a fresh tiny policy never writes valid code,
@@ -66,8 +70,9 @@ def test_rl_step_eight_devices_equal_one(name, extra, rl_config, eight_vs_one):
     batches = experience(trainer, 2)
     (m1, _), _ = eight_vs_one(trainer, batches, ("dp", "fsdp", "fsdp_tp"))
     assert all(math.isfinite(m["loss"]) for m in m1)
-    assert ("value/loss" in m1[0]) == (name == "ppo" and not extra)
-    assert ("policy/value_loss" in m1[0]) == bool(extra)
+    head = "rl.value=head" in extra
+    assert ("value/loss" in m1[0]) == (name == "ppo" and not head)
+    assert ("policy/value_loss" in m1[0]) == head
 
 
 def test_critic_warmup_leaves_the_policy_bit_identical(rl_config):
