@@ -29,6 +29,7 @@ setup(
         "numpy>=2.4,<3",
         "zstandard>=0.25,<1",
         "safetensors>=0.8,<1",
+        "regex>=2024.4,<2027",  # kyx/data/pretokenize.py: \p{L} / \p{N} classes of BPE pre-tokenisation
         "tokenizers>=0.23,<1",  # kyx/data/hf_tokenizer.py: HF tokenizer.json models
         "jinja2>=3.1.6,<4",  # kyx/data/chat_jinja.py: HF chat templates (3.1.6: sandbox fixes)
     ],

@@ -53,3 +53,13 @@ def sampling() -> list[dict]:
     --config.train.log_every=1`` and compare with ``experiments/data_sampling.py``."""
     return [{"name": "iid", "overrides": ["data.sampling=iid"]},
             {"name": "packed", "overrides": ["data.sampling=packed"]}]
+
+
+def scaling() -> list[dict]:
+    """Runs for the temporal scaling law study (docs/scaling.md): cosine decay to the end,
+    a full validation pass every 10 steps, two learning rates; run with
+    ``experiments/sweep.py --sweep scaling --seeds 3`` and fit with
+    ``experiments/scaling_study.py``."""
+    common = ["train.eval_every=10", "data.eval_batches=0", "optim.schedule=cosine"]
+    return [{"name": "lr3e-3", "overrides": common + ["optim.lr=3e-3"]},
+            {"name": "lr1e-3", "overrides": common + ["optim.lr=1e-3"]}]

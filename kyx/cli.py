@@ -1,4 +1,5 @@
-"""Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate`.
+"""Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate |
+data | scaling`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
@@ -11,6 +12,7 @@
     kyx rejection-sample --policy DIR --prompts FILE|mined --n 8 --out FILE [--reward T]
     kyx iterate --config configs/iterate.py:tiny --workdir DIR --config.policy=SFT_DIR
     kyx data prepare|stats --config configs/pretrain.py:tiny
+    kyx scaling fit --workdir DIR [--until-step N --at-step S --source LABEL --json]
 
     kyx COMMAND --help     that command's options (train: the shipped configs and presets)
     kyx --version          the installed kyx version
@@ -41,6 +43,7 @@ COMMANDS = {
     "rejection-sample": "kyx.commands.rejection_sample",
     "iterate": "kyx.commands.iterate",
     "data": "kyx.commands.data",
+    "scaling": "kyx.commands.scaling",
 }
 VERBOSE = "--verbose"
 

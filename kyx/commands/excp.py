@@ -59,7 +59,7 @@ def restore(workdir: str, step: int, out_dir: str) -> str:
     state, data_state = excp_archive.state_from_chain(chain, step, abstract)
     state = excp_archive.frozen_from_full(os.path.join(workdir, "checkpoints"), state, abstract)
     os.makedirs(out_dir, exist_ok=True)
-    for name in ("config.json", "tokenizer.model"):
+    for name in ("config.json", "tokenizer.model", "tokenizer.bpe.json"):
         if os.path.exists(os.path.join(workdir, name)):
             shutil.copy(os.path.join(workdir, name), os.path.join(out_dir, name))
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)

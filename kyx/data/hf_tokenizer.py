@@ -1,7 +1,9 @@
 """Tokenizers of Hugging Face model directories behind kyx's Tokenizer protocol.
 
-A SentencePiece `tokenizer.model` is used when present (Llama 1/2, Mistral, Baichuan 2);
-otherwise `tokenizer.json` through the `tokenizers` package (Llama 3, Qwen2). Special-token
+A SentencePiece `tokenizer.model` is used when present (Llama 1/2, Mistral, Baichuan 2),
+else kyx's byte-level BPE file `tokenizer.bpe.json` (``data.tokenizer.kind = "bpe" |
+"scaffold_bpe"``, kyx/data/bpe.py); otherwise `tokenizer.json` through the `tokenizers`
+package (Llama 3, Qwen2). Special-token
 ids come from `config.json` / `generation_config.json`. The tokenizer metadata a chat
 template needs is kept on the tokenizer object:
 
@@ -22,15 +24,17 @@ import os
 import re
 from typing import Sequence
 
+from kyx.data.bpe import BpeTokenizer
 from kyx.data.tokenizer import SentencePieceTokenizer
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write, read_checked
 
 SP_FILE, JSON_FILE, CONFIG_FILE = "tokenizer.model", "tokenizer.json", "tokenizer_config.json"
+BPE_FILE = "tokenizer.bpe.json"   # kyx's byte-level (Scaffold-)BPE model
 JINJA_FILE, MAP_FILE = "chat_template.jinja", "special_tokens_map.json"
 GENERATION_FILE = "generation_config.json"
 # Every tokenizer file of a Hugging Face directory (copied between workdirs and HF dirs).
-TOKENIZER_FILES = (SP_FILE, JSON_FILE, CONFIG_FILE, MAP_FILE, GENERATION_FILE, JINJA_FILE)
+TOKENIZER_FILES = (SP_FILE, BPE_FILE, JSON_FILE, CONFIG_FILE, MAP_FILE, GENERATION_FILE, JINJA_FILE)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 ADD_TOKENIZER = ("copy the model's tokenizer files (tokenizer.json or tokenizer.model, and "
                  "tokenizer_config.json) into {dir}, e.g. `huggingface-cli download REPO "
@@ -148,21 +152,25 @@ def read_special_tokens(model_dir: str) -> dict[str, str]:
 
 
 def has_tokenizer(model_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(model_dir, n)) for n in (SP_FILE, JSON_FILE))
+    return any(os.path.exists(os.path.join(model_dir, n))
+               for n in (SP_FILE, BPE_FILE, JSON_FILE))
 
 
 def load_tokenizer(model_dir: str):
     """The tokenizer of an HF model directory or a kyx workdir."""
     sp_path = os.path.join(model_dir, SP_FILE)
     json_path = os.path.join(model_dir, JSON_FILE)
+    bpe_path = os.path.join(model_dir, BPE_FILE)
     if os.path.exists(sp_path):
         tok = SentencePieceTokenizer.from_file(sp_path)
+    elif os.path.exists(bpe_path):
+        tok = BpeTokenizer.from_file(bpe_path)
     elif os.path.exists(json_path):
         ids = _special_ids(model_dir)
         tok = JsonTokenizer(json_path, ids.get("bos_token_id"), ids.get("eos_token_id"),
                             ids.get("pad_token_id"))
     else:
-        raise ConfigError(f"{model_dir!r} has neither {SP_FILE} nor {JSON_FILE}; "
+        raise ConfigError(f"{model_dir!r} has none of {SP_FILE}, {BPE_FILE}, {JSON_FILE}; "
                           + ADD_TOKENIZER.format(dir=model_dir))
     tok.chat_template = read_chat_template(model_dir)
     tok.special_tokens = read_special_tokens(model_dir)
@@ -208,7 +216,7 @@ def encode_with_special_tokens(tokenizer, text: str, specials: dict[str, int] | 
 
 def save_tokenizer(tokenizer, workdir: str) -> list[str]:
     """Write a run's tokenizer into its workdir: ``tokenizer.model`` (checksummed) for
-    SentencePiece, and the Hugging Face tokenizer files of the directory it was loaded
+    SentencePiece, ``tokenizer.bpe.json`` (checksummed) for kyx's byte-level BPE, and the Hugging Face tokenizer files of the directory it was loaded
     from (tokenizer.json, tokenizer_config.json with its chat template, ...; not its
     generation_config.json, which an export derives from the run), so the workdir alone
     gives the same tokens and chat template (kyx.load, sampling, init_from)."""
@@ -217,6 +225,10 @@ def save_tokenizer(tokenizer, workdir: str) -> list[str]:
     if proto is not None:
         atomic_write(os.path.join(workdir, SP_FILE), proto, checksum=True)
         written.append(SP_FILE)
+    bpe_json = getattr(tokenizer, "model_json", None)
+    if bpe_json is not None:
+        atomic_write(os.path.join(workdir, BPE_FILE), bpe_json, checksum=True)
+        written.append(BPE_FILE)
     source = getattr(tokenizer, "source_dir", None)
     if source and os.path.abspath(source) != os.path.abspath(workdir):
         for name in TOKENIZER_FILES:

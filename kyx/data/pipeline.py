@@ -41,7 +41,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from kyx.data import dedup, mixture, token_cache, windows
+from kyx.data import bpe, dedup, mixture, token_cache, windows
 from kyx.data.corpus import Corpus, default_data_dir, load_corpus
 from kyx.data.encode import ReadStats, Tokenize, next_token_targets, record_text  # noqa: F401
 from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
@@ -80,9 +80,12 @@ def default_config() -> ml_collections.ConfigDict:
     # {label: {name, path, ..., weight}}: several corpora sampled by weight (kyx/data/mixture.py)
     c.mixture = ml_collections.ConfigDict()
     c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.kind = "sentencepiece"  # trained tokenizer: TOKENIZER_KINDS (docs/data.md)
     c.tokenizer.vocab_size = 4096
     c.tokenizer.model_path = ""       # existing .model file; '' = train (cached) on the corpus
     c.tokenizer.sample_bytes = 8 << 20  # training text read from the train split
+    c.tokenizer.split_digits = True   # bpe kinds: each digit its own word (sentencepiece: always)
+    c.tokenizer.whitespace = "runs"   # bpe kinds: 'runs' (indentation tokens) | 'single'
     return c
 
 
@@ -255,16 +258,43 @@ def corpus_texts(corpus: Corpus, split: str, seed: int = 0):
             yield text
 
 
+TOKENIZER_KINDS = Registry("data.tokenizer.kind")
+
+
+@TOKENIZER_KINDS.register("sentencepiece")
+def _train_sentencepiece(texts, tcfg, **cache):
+    """SentencePiece BPE (Baichuan 2's options; kyx/data/tokenizer.py)."""
+    return train_sentencepiece(texts, vocab_size=tcfg.vocab_size,
+                               max_bytes=tcfg.sample_bytes, **cache)
+
+
+def _bpe_trainer(scaffold: bool):
+    def train(texts, tcfg, **cache):
+        return bpe.train_bpe(texts, vocab_size=tcfg.vocab_size, scaffold=scaffold,
+                             split_digits=tcfg.get("split_digits", True),
+                             whitespace=tcfg.get("whitespace", "runs"),
+                             max_bytes=tcfg.sample_bytes, **cache)
+    return train
+
+
+TOKENIZER_KINDS.register("bpe")(_bpe_trainer(False))            # byte-level BPE (control)
+TOKENIZER_KINDS.register("scaffold_bpe")(_bpe_trainer(True))    # Scaffold-BPE (kyx/data/bpe_train.py)
+
+
 def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
-    """Loads ``tokenizer.model_path`` (a SentencePiece .model, or a directory with
-    tokenizer.model / tokenizer.json such as a Hugging Face model), else trains one on the
-    train split (cached by fingerprint)."""
+    """Loads ``tokenizer.model_path`` (a SentencePiece .model, a kyx BPE .json, or a
+    directory with tokenizer.model / tokenizer.bpe.json / tokenizer.json such as a kyx
+    workdir or a Hugging Face model), else trains one of ``tokenizer.kind`` on the train
+    split (cached by fingerprint)."""
     tcfg = cfg.tokenizer
     if tcfg.model_path and os.path.isdir(tcfg.model_path):
         from kyx.data.hf_tokenizer import load_tokenizer
         return load_tokenizer(tcfg.model_path)
+    if tcfg.model_path and tcfg.model_path.endswith(".json"):
+        return bpe.BpeTokenizer.from_file(tcfg.model_path)
     if tcfg.model_path:
         return SentencePieceTokenizer.from_file(tcfg.model_path)
+    trainer = TOKENIZER_KINDS.get(tcfg.get("kind", "sentencepiece"))
     cache_dir = os.path.join(cfg.data_dir or default_data_dir(), "tokenizers")
     # A fixed sampling seed: the tokenizer must not change with the data order seed.
     if isinstance(corpus, mixture.Mixture):  # a sample drawn by the mixture's weights
@@ -273,9 +303,7 @@ def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
             corpus.weights)
     else:
         texts = corpus_texts(corpus, cfg.train_split)
-    return train_sentencepiece(texts, vocab_size=tcfg.vocab_size,
-                               cache_dir=cache_dir, corpus_id=corpus.fingerprint,
-                               max_bytes=tcfg.sample_bytes)
+    return trainer(texts, tcfg, cache_dir=cache_dir, corpus_id=corpus.fingerprint)
 
 
 def prepare(cfg) -> tuple[Corpus, Tokenizer]:

@@ -45,7 +45,8 @@ def run_config(source: str):
 def tokenizer_path(source: str) -> str:
     """What ``data.tokenizer.model_path`` should name to use the source's tokenizer: the
     directory when it has Hugging Face tokenizer metadata (tokenizer.json, or
-    tokenizer_config.json with the chat template and special tokens), else its
+    tokenizer_config.json with the chat template and special tokens) or a kyx BPE
+    tokenizer (tokenizer.bpe.json), else its
     tokenizer.model. A source without a tokenizer is an error (a run would otherwise
     train a new tokenizer whose ids mean nothing to the source's weights)."""
     if not hf_tokenizer.has_tokenizer(source):
@@ -53,6 +54,6 @@ def tokenizer_path(source: str) -> str:
                           "tokenizer.json): set data.tokenizer.model_path to the model's "
                           "tokenizer, or " + hf_tokenizer.ADD_TOKENIZER.format(dir=source))
     if any(os.path.exists(os.path.join(source, n))
-           for n in (hf_tokenizer.JSON_FILE, hf_tokenizer.CONFIG_FILE)):
+           for n in (hf_tokenizer.JSON_FILE, hf_tokenizer.CONFIG_FILE, hf_tokenizer.BPE_FILE)):
         return source
     return os.path.join(source, hf_tokenizer.SP_FILE)

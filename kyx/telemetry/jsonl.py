@@ -81,7 +81,13 @@ def _decode(row: dict) -> dict:
 def read_metrics(workdir) -> list[dict]:
     """Rows of ``<workdir>/metrics.jsonl`` ([] if absent). A truncated last line is
     skipped; a corrupt line elsewhere is a DataError."""
-    path = as_path(workdir) / METRICS_FILE
+    return read_jsonl(as_path(workdir) / METRICS_FILE)
+
+
+def read_jsonl(path) -> list[dict]:
+    """Rows of any of our JSON-lines files (metrics.jsonl, eval_stats.jsonl; [] if absent),
+    with the same tolerance of a truncated last line."""
+    path = as_path(path)
     if not path.exists():
         return []
     return _parse(path.read_text(encoding="utf-8"), path)

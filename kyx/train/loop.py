@@ -315,10 +315,15 @@ class Run:
         params = {n: m.params for n, m in self.state.models.items()}
         metrics, artifacts = trainer_eval(self.trainer, params, self.mesh, self.rules,
                                           self.eval_fn)
+        self.record_eval_stats(artifacts)
+        return metrics
+
+    def record_eval_stats(self, artifacts: dict, **tags) -> None:
+        """Append an evaluation's array statistics (per-position loss sums ...) at this step
+        to eval_stats.jsonl, tagged e.g. with ``source=label`` (read by kyx/scaling)."""
         if artifacts and telemetry.writes_here():
             telemetry.append_line(f"{self.workdir}/eval_stats.jsonl",
-                                  json.dumps({"step": self.step, **artifacts}))
-        return metrics
+                                  json.dumps({"step": self.step, **tags, **artifacts}))
 
     def check_outcome(self) -> None:
         """After the last step: warn when many steps were skipped as non-finite, and fail

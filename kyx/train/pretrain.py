@@ -18,6 +18,7 @@ from kyx.model.transformer import Decoder
 from kyx.objectives import lm
 from kyx.train.base import Trainer, make_trainer, single_model_step
 from kyx.train import hooks as hooks_lib
+from kyx.train import scaling_hook
 from kyx.train.evaluation import trainer_eval
 from kyx.train.forward import forward_with_aux
 from kyx.train.init_from import params_loader
@@ -34,6 +35,7 @@ def default_config():
     cfg.model = model_config.default_config()
     cfg.data = pipeline.default_config()
     cfg.loss = lm.default_config()
+    cfg.scaling = scaling_hook.default_config()
     return cfg
 
 
@@ -57,25 +59,55 @@ def make_loss_fn(model: Decoder, loss_cfg):
     return loss_fn
 
 
-def make_eval_fn(model: Decoder, max_len: int):
-    """Sums over a validation batch: CE, token count and per-position CE statistics."""
+def make_eval_fn(model: Decoder, max_len: int, bos_id: int | None):
+    """Sums over a validation batch: CE, token count and per-position CE statistics.
+
+    Per-position sums (the temporal scaling law's input, kyx/scaling) are kept apart for
+    segments that start a document (first token BOS: position = offset from the document
+    start, the context the model sees) and for continuation pieces of a document cut at a
+    row boundary (position = offset from the cut). Together they add up to ``loss_sum``.
+    """
     def eval_fn(params, batch):
         logits_btv = forward_with_aux(model, params["policy"], batch).out
         mask = batch["loss_mask"].astype(jnp.float32)
         ce_bt, _ = lm.token_cross_entropy(logits_btv, batch["targets"])
-        pos_sum, pos_count = lm.per_position_loss(logits_btv, batch["targets"], mask,
-                                                  batch["positions"], max_len)
+        doc_start_bt = (jnp.ones_like(mask) if bos_id is None else
+                        starts_document(batch["tokens"], batch["positions"], bos_id))
+        pos_sum, pos_count = lm.per_position_loss(logits_btv, batch["targets"],
+                                                  mask * doc_start_bt, batch["positions"], max_len)
+        cont_sum, cont_count = lm.per_position_loss(logits_btv, batch["targets"],
+                                                    mask * (1.0 - doc_start_bt),
+                                                    batch["positions"], max_len)
         return {"loss_sum": jnp.sum(ce_bt * mask), "tokens": jnp.sum(mask),
-                "pos_sum": pos_sum, "pos_count": pos_count}
+                "pos_sum": pos_sum, "pos_count": pos_count,
+                "cont_sum": cont_sum, "cont_count": cont_count}
     return eval_fn
+
+
+def starts_document(tokens_bt, positions_bt, bos_id: int):
+    """1.0 where a token's segment begins with BOS (a whole document from its start), 0.0
+    in continuation pieces; the segment's first token sits ``positions`` tokens back."""
+    first_bt = jnp.arange(tokens_bt.shape[1])[None, :] - positions_bt
+    first_tok_bt = jnp.take_along_axis(tokens_bt, jnp.clip(first_bt, 0, None), axis=1)
+    return (first_tok_bt == bos_id).astype(jnp.float32)
+
+
+def _compact(values) -> list:
+    """Sums rounded to 4 decimals and counts as integers: eval_stats.jsonl stays small."""
+    values = np.asarray(values, np.float64)
+    if np.all(values == np.round(values)):
+        return [int(v) for v in values]
+    return [round(float(v), 4) for v in values]
 
 
 def summarize_eval(sums):
     loss = float(sums["loss_sum"] / max(float(sums["tokens"]), 1.0))
     metrics = {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 80.0))),
                "eval/tokens": float(sums["tokens"])}
-    artifacts = {"per_position_loss_sum": np.asarray(sums["pos_sum"]).tolist(),
-                 "per_position_count": np.asarray(sums["pos_count"]).tolist()}
+    artifacts = {"per_position_loss_sum": _compact(sums["pos_sum"]),
+                 "per_position_count": _compact(sums["pos_count"]),
+                 "continued_loss_sum": _compact(sums["cont_sum"]),
+                 "continued_count": _compact(sums["cont_count"])}
     return metrics, artifacts
 
 
@@ -99,7 +131,8 @@ def build(cfg) -> Trainer:
              if isinstance(corpus, mixture.Mixture) else [])
     return make_trainer(
         cfg, step, train_iter=train_iter, batch_axes=BATCH_AXES,
-        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len),
+        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len,
+                             tokenizer.bos_id),
         eval_batches=lambda: pipeline.make_iterator(cfg.data, corpus, tokenizer, "validation",
                                                     **split),
         summarize_eval=summarize_eval, tokenizer=tokenizer, hooks=extra)
@@ -108,7 +141,8 @@ def build(cfg) -> Trainer:
 def source_eval_hook(cfg, corpus: mixture.Mixture, tokenizer, split: dict) -> hooks_lib.Hook:
     """``eval/<label>/loss`` (and perplexity, tokens) of each mixture source's validation
     split, in the same row as the pooled ``eval/...`` (it runs just before the eval hook,
-    which writes the row)."""
+    which writes the row); its per-position statistics go to eval_stats.jsonl with
+    ``"source": label``."""
     def batches(label):
         return lambda: pipeline.make_iterator(corpus.configs[label], corpus.corpora[label],
                                               tokenizer, "validation", **split)
@@ -119,7 +153,9 @@ def source_eval_hook(cfg, corpus: mixture.Mixture, tokenizer, split: dict) -> ho
         with run.untimed():
             for label in corpus.labels:
                 source = dataclasses.replace(run.trainer, eval_batches=batches(label))
-                metrics, _ = trainer_eval(source, params, run.mesh, run.rules, run.eval_fn)
+                metrics, artifacts = trainer_eval(source, params, run.mesh, run.rules,
+                                                  run.eval_fn)
+                run.record_eval_stats(artifacts, source=label)
                 run.add_metrics(run.step, {f"eval/{label}/{k.split('/', 1)[1]}": v
                                            for k, v in metrics.items()})
     return hooks_lib.Hook("eval_sources", evaluate, every=cfg.train.eval_every,

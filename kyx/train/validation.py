@@ -23,10 +23,13 @@ from kyx import rewards, sharding
 from kyx.checkpoint import excp_quant, excp_store
 from kyx.data import templates
 from kyx.data import mixture
-from kyx.data.pipeline import TRAIN_SAMPLERS
+from kyx.data.pipeline import TOKENIZER_KINDS, TRAIN_SAMPLERS
+from kyx.data.pretokenize import WHITESPACE
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
 from kyx.objectives import lm, preference, rl
+from kyx.scaling import FAMILIES
+from kyx.scaling.curves import KINDS as SCALING_KINDS
 from kyx.telemetry import SINKS, parse_steps, selected
 from kyx.train import optim
 from kyx.train.checks import (Check, boolean, each, every, integer, number, one_of,
@@ -211,8 +214,15 @@ for _key in ("min_val_files", "max_files", "worker_count"):
     field(f"data.{_key}", integer(lo=0))
 field("data.read_threads", integer(lo=1))
 field("data.prefetch", integer(lo=1))
+field("data.tokenizer.kind", one_of(TOKENIZER_KINDS.names))
 field("data.tokenizer.vocab_size", integer(lo=1))
+field("data.tokenizer.split_digits", boolean())
+field("data.tokenizer.whitespace", one_of(WHITESPACE))
 field("data.tokenizer.sample_bytes", integer(lo=1))
+field("scaling.predict_from", number(lo=0, hi=1))  # 0: no live forecast
+field("scaling.kind", one_of(tuple(SCALING_KINDS)))
+for _key in ("a0", "a1", "a2"):
+    field(f"scaling.{_key}", one_of(FAMILIES.names))
 field("data.records.source", one_of(RECORD_SOURCES))
 field("data.records.chat_template",
       one_of(lambda: templates.CHOICES + templates.TEMPLATES.names()))

@@ -140,14 +140,30 @@ def test_cli_unknown_key_suggests(fast_overrides, tmp_path, capsys):
 
 
 def test_train_writes_artifacts_and_sample_cli(fast_overrides, tmp_path, capsys):
-    _run(fast_overrides, tmp_path, ["train.steps=6"])
+    # an evaluation at every step after a 1-step warmup: the scaling hook (kyx/scaling)
+    # forecasts from the 4th evaluation after warmup (step 5) on
+    _run(fast_overrides, tmp_path, ["train.steps=6", "train.eval_every=1",
+                                    "optim.warmup_steps=1", "scaling.predict_from=0.5"])
     names = set(os.listdir(tmp_path))
     assert {"config.json", "metrics.jsonl", "tokenizer.model", "loss_curve.png",
-            "eval_stats.jsonl", "tb", "checkpoints"} <= names
+            "eval_stats.jsonl", "tb", "checkpoints", "scaling.png"} <= names
     rows = read_metrics(tmp_path)
     assert any("eval/loss" in r and "train/loss" in r for r in rows if r["step"] == 6)
-    stats = json.loads(open(tmp_path / "eval_stats.jsonl").read().splitlines()[-1])
-    assert len(stats["per_position_loss_sum"]) == 32 and sum(stats["per_position_count"]) > 0
+    forecasts = {r["step"]: r for r in rows if "scaling/predicted_final_loss" in r}
+    assert sorted(forecasts) == [5, 6]
+    assert all(np.isfinite(r["scaling/predicted_final_loss"]) and
+               np.isfinite(r["scaling/kaplan_final_loss"]) for r in forecasts.values())
+    lines = open(tmp_path / "eval_stats.jsonl").read().splitlines()
+    stats = json.loads(lines[-1])
+    assert len(lines) == 6 and stats["step"] == 6
+    assert len(stats["per_position_loss_sum"]) == 32 and len(stats["continued_count"]) == 32
+    # document starts + continuation pieces are every validation token, and their sums
+    # are the eval loss
+    eval_row = next(r for r in rows if r["step"] == 6 and "eval/loss" in r)
+    tokens = sum(stats["per_position_count"]) + sum(stats["continued_count"])
+    assert sum(stats["per_position_count"]) > 0 and tokens == eval_row["eval/tokens"]
+    total = sum(stats["per_position_loss_sum"]) + sum(stats["continued_loss_sum"])
+    assert total / tokens == pytest.approx(eval_row["eval/loss"], rel=1e-5)
     resolved = config_lib.load_json(tmp_path / "config.json")
     assert resolved.model.d_model == 32
     capsys.readouterr()  # drop the training output (tfds prints when it builds the corpus)
