@@ -9,6 +9,15 @@ carry no padding).
 
     python benchmarks/data_throughput.py [--seconds 5] [--read-threads 2] [--workers 0]
                                          [--sampling iid packed] [--no-dedup]
+
+``--tokenizers`` measures the tokenizer kinds instead (one JSON line each): training time
+of ``bpe`` and ``scaffold_bpe`` at ``--vocab`` on the first ``--train-mb`` MB of the local
+Python sources (stdlib, then site-packages, files in sorted order), SentencePiece's on
+``--sp-train-mb``, then encode throughput of all three on the same next ``--encode-mb`` MB
+(one call per file; a cold and a warm pass, as the BPE encoders cache words):
+
+    python benchmarks/data_throughput.py --tokenizers [--vocab 32768] [--train-mb 100]
+                                         [--sp-train-mb 10] [--encode-mb 10]
 """
 import argparse
 import json
@@ -41,6 +50,92 @@ def measure(cfg, corpus, tok, seconds: float) -> dict:
             "tokens_per_s": round(tokens / elapsed)}
 
 
+def python_sources(limit_bytes: int, skip_bytes: int = 0) -> list[str]:
+    """Texts of the local .py files (stdlib, then site-packages; sorted walk) from byte
+    ``skip_bytes`` on, until ``limit_bytes`` are collected."""
+    import sysconfig
+    roots = dict.fromkeys([sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]])
+    out, seen, total = [], 0, 0
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            dirs[:] = sorted(x for x in dirs if x != "site-packages" or d != root)
+            for f in sorted(files):
+                if not f.endswith(".py"):
+                    continue
+                try:
+                    with open(os.path.join(d, f), encoding="utf-8") as fh:
+                        text = fh.read()
+                except (OSError, UnicodeDecodeError):
+                    continue
+                n = len(text.encode("utf-8", "surrogatepass"))
+                seen += n
+                if seen <= skip_bytes:
+                    continue
+                out.append(text)
+                total += n
+                if total >= limit_bytes:
+                    return out
+    return out
+
+
+def _mb(texts) -> float:
+    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) / 1e6
+
+
+def encode_row(name: str, tok, texts: list[str]) -> dict:
+    size = _mb(texts)
+    row = {"kind": name, "vocab_size": tok.vocab_size, "encode_mb": round(size, 1)}
+    for label in ("cold", "warm"):
+        start = time.perf_counter()
+        tokens = sum(len(tok.encode(t)) for t in texts)
+        s = time.perf_counter() - start
+        row.update({f"{label}_s": round(s, 2), f"{label}_tokens_per_s": round(tokens / s),
+                    f"{label}_mb_per_s": round(size / s, 2)})
+    row["bytes_per_token"] = round(size * 1e6 / tokens, 3)
+    return row
+
+
+def tokenizer_kinds(args) -> None:
+    from kyx.data.bpe import train_bpe
+    from kyx.data.tokenizer import train_sentencepiece
+
+    train = python_sources(int(args.train_mb * 1e6))
+    held = python_sources(int(args.encode_mb * 1e6), skip_bytes=int(_mb(train) * 1e6))
+    toks = {}
+    for kind in ("bpe", "scaffold_bpe"):
+        start = time.perf_counter()
+        toks[kind] = tok = train_bpe(train, vocab_size=args.vocab, scaffold=kind != "bpe",
+                                     max_bytes=1 << 40)
+        print(json.dumps({"kind": kind, "train_mb": round(_mb(train), 1), "vocab_size":
+                          tok.vocab_size, "train_s": round(time.perf_counter() - start, 1),
+                          "scaffold_tokens": len(tok.model.scaffold),
+                          "cpus": os.cpu_count()}), flush=True)
+    sp_train = python_sources(int(args.sp_train_mb * 1e6))
+    start = time.perf_counter()
+    toks["sentencepiece"] = sp = train_sentencepiece(sp_train, vocab_size=args.vocab,
+                                                     max_bytes=1 << 40, num_threads=1)
+    print(json.dumps({"kind": "sentencepiece", "train_mb": round(_mb(sp_train), 1),
+                      "vocab_size": sp.vocab_size, "threads": 1,
+                      "train_s": round(time.perf_counter() - start, 1)}), flush=True)
+    toks["bpe_hf_tokenizers"] = _HfBpe(toks["bpe"])   # the exported tokenizer.json (Rust)
+    for name, tok in toks.items():
+        print(json.dumps(encode_row(name, tok, held)), flush=True)
+
+
+class _HfBpe:
+    """kyx's plain BPE exported to tokenizer.json, encoded by the ``tokenizers`` library."""
+
+    def __init__(self, tok):
+        import tokenizers
+
+        from kyx.interop.hf_bpe_export import tokenizer_json
+        self._hf = tokenizers.Tokenizer.from_str(tokenizer_json(tok))
+        self.vocab_size = tok.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default="")
@@ -49,7 +144,15 @@ def main():
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--sampling", nargs="+", default=["iid", "packed"])
     p.add_argument("--no-dedup", action="store_true", help="corpus without dedup")
+    p.add_argument("--tokenizers", action="store_true",
+                   help="train / encode throughput of the tokenizer kinds instead")
+    p.add_argument("--vocab", type=int, default=32768)
+    p.add_argument("--train-mb", type=float, default=100.0)
+    p.add_argument("--sp-train-mb", type=float, default=10.0)
+    p.add_argument("--encode-mb", type=float, default=10.0)
     args = p.parse_args()
+    if args.tokenizers:
+        return tokenizer_kinds(args)
     cfg = data.default_config()
     cfg.data_dir, cfg.worker_count = args.data_dir, args.workers
     cfg.dedup.exact = cfg.dedup.near = not args.no_dedup

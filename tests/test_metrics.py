@@ -71,6 +71,21 @@ def test_corrupt_middle_line_is_data_error(tmp_path):
         metrics.read_metrics(tmp_path)
 
 
+def test_trim_rows_for_a_resumed_eval_stats_file(tmp_path):
+    """A resumed run drops the evaluations after its restored step and a torn last line
+    (an append after it would corrupt the file for every later reader)."""
+    from kyx import telemetry
+
+    path = tmp_path / "eval_stats.jsonl"
+    rows = [{"step": s, "per_position_loss_sum": [1.5, 2.25]} for s in (10, 20, 30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 40, "per_po')
+    telemetry.trim_rows(path, 20)
+    telemetry.append_line(path, json.dumps({"step": 30, "per_position_loss_sum": [0.5]}))
+    got = telemetry.read_jsonl(path)
+    assert [r["step"] for r in got] == [10, 20, 30] and got[-1]["per_position_loss_sum"] == [0.5]
+    telemetry.trim_rows(tmp_path / "absent.jsonl", 5)  # nothing to trim: no error
+
+
 def test_read_missing_is_empty(tmp_path):
     assert metrics.read_metrics(tmp_path) == []
 

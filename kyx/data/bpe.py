@@ -10,16 +10,20 @@ inserts their ids.
 Encoding a word (pre-tokenised as in training): rank-ordered BPE with every merge of the
 expanded vocabulary E (scaffold tokens are stepping stones to longer tokens), then each
 token not in V is demolished into its recorded pair, recursively, down to tokens in V
-(with several recorded pairs, the one giving fewest tokens; then the earliest). Words are
-cached. Decoding concatenates bytes; only the final UTF-8 decode replaces invalid bytes.
+(with several recorded pairs, the one giving fewest tokens; then the earliest). Words of
+up to 256 characters are cached; words over 64 bytes merge through a heap (O(n log n),
+the same result), so one huge word cannot stall the data pipeline. Decoding concatenates
+bytes; only the final UTF-8 decode replaces invalid bytes.
 
 The model is one JSON file (merges in rank order, the scaffold ids, the pre-tokeniser
-options) written with a SHA-256 sidecar; ``train_bpe`` caches trained models under the
+options) written with a SHA-256 sidecar and checked when read (ids, pairs, options: a
+damaged file is a DataError); ``train_bpe`` caches trained models under the
 data directory by a fingerprint of the training text and options.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -37,6 +41,8 @@ FORMAT, VERSION = "kyx-bpe", 1
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", *CHAT_TOKENS, PLACEHOLDER)  # ids 0..8
 FIRST_BYTE = len(SPECIALS)
 CACHE_WORDS = 1 << 18   # per-tokenizer word cache entries (then words are not cached)
+CACHE_WORD_CHARS = 256  # longer words are not cached (rarely repeated; bounds the memory)
+LONG_WORD = 64          # longer words merge through a heap: O(n log n), not O(n * merges)
 
 
 class BpeTokenizer:
@@ -47,12 +53,14 @@ class BpeTokenizer:
         self._json = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         try:
             spec = json.loads(self._json)
-            if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+            if not isinstance(spec, dict) or spec.get("format") != FORMAT or \
+                    spec.get("version") != VERSION:
                 raise ValueError(f"not a {FORMAT} v{VERSION} file")
             self.scaffold = bool(spec["scaffold"])
             self.pretokenizer = PreTokenizer(**spec["pretokenizer"])
-            model = BpeModel([tuple(m) for m in spec["merges"]],
-                             frozenset(spec["scaffold_tokens"]))
+            model = BpeModel([_merge(m, r) for r, m in enumerate(spec["merges"])],
+                             frozenset(_token_id(x) for x in spec["scaffold_tokens"]))
+            model.expand()   # every merge names tokens that exist by then
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path or 'BPE tokenizer'}: not a valid kyx BPE tokenizer file "
                             f"({e}); train it again") from None
@@ -125,7 +133,7 @@ class BpeTokenizer:
             ids = cache.get(word)
             if ids is None:
                 ids = self._encode_word(word)
-                if len(cache) < CACHE_WORDS:
+                if len(cache) < CACHE_WORDS and len(word) <= CACHE_WORD_CHARS:
                     cache[word] = ids
             out.extend(ids)
         return out
@@ -165,8 +173,11 @@ class BpeTokenizer:
         return tuple(i for s in syms for i in demolish[s])
 
     def _bpe(self, word: str) -> list[int]:
-        """E ids of ``word``: every merge applied in rank order (no demolition)."""
+        """E ids of ``word``: every merge applied in rank order (no demolition): the
+        lowest-ranked adjacent pair, all its occurrences left to right, then again."""
         syms = list(word.encode("utf-8", "surrogatepass"))
+        if len(syms) > LONG_WORD:
+            return self._bpe_heap(syms)
         ranks = self._ranks
         while len(syms) > 1:
             best = None
@@ -189,6 +200,44 @@ class BpeTokenizer:
             syms = new
         return syms
 
+    def _bpe_heap(self, syms: list[int]) -> list[int]:
+        """``_bpe`` for long words, the same result in O(n log n): symbols in a linked
+        list, a heap of (rank, position) of adjacent pairs; each round pops every
+        occurrence of the lowest rank and merges them left to right (a pair made during
+        the round waits for the next one, as in ``_bpe``)."""
+        ranks, merges = self._ranks, self.model.merges
+        n = len(syms)
+        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+        alive = [True] * n
+        heap = [(ranks[p][0], i) for i, p in enumerate(zip(syms, syms[1:])) if p in ranks]
+        heapq.heapify(heap)
+
+        def push(i):
+            j = nxt[i]
+            if 0 <= i and j < n:
+                r = ranks.get((syms[i], syms[j]))
+                if r is not None:
+                    heapq.heappush(heap, (r[0], i))
+        while heap:
+            rank = heap[0][0]
+            (a, b), t = merges[rank], ranks[merges[rank]][1]
+            starts = []
+            while heap and heap[0][0] == rank:
+                starts.append(heapq.heappop(heap)[1])
+            for i in sorted(set(starts)):   # left to right; a consumed symbol is skipped
+                j = nxt[i]
+                if not alive[i] or syms[i] != a or j >= n or syms[j] != b:
+                    continue
+                syms[i], alive[j] = t, False
+                nxt[i] = nxt[j]
+                if nxt[j] < n:
+                    prv[nxt[j]] = i
+            for i in sorted(set(starts)):
+                if alive[i] and syms[i] == t:
+                    push(prv[i])
+                    push(i)
+        return [syms[i] for i in range(n) if alive[i]]
+
     def expanded_tokens(self, text: str) -> list[bytes]:
         """The E tokens of ``text`` before demolition (for tests and analysis)."""
         return [self._pieces[e] for word in self.pretokenizer.split(text)
@@ -210,6 +259,18 @@ class BpeTokenizer:
         except OSError as e:
             raise ConfigError(f"Cannot read BPE tokenizer {path!r}: {e}") from None
         return cls(raw, path=path)
+
+
+def _token_id(x) -> int:
+    if type(x) is not int or x < 0:
+        raise ValueError(f"{x!r} is not a token id")
+    return x
+
+
+def _merge(m, rank: int) -> tuple[int, int]:
+    if not isinstance(m, list) or len(m) != 2:
+        raise ValueError(f"merge {rank} is {m!r}, not a pair of token ids")
+    return _token_id(m[0]), _token_id(m[1])
 
 
 def to_json(model: BpeModel, scaffold: bool, pretokenizer: PreTokenizer) -> bytes:
@@ -253,8 +314,9 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int, scaffold: bool = False,
                           f"special and {NUM_BYTES} byte ids come first (e.g. use 4096).")
     pretokenizer = PreTokenizer(split_digits=split_digits, whitespace=whitespace)
     sample = _sample(texts, max_bytes)
-    if not sample:
-        raise DataError("No text to train the tokenizer on: the training split is empty.")
+    if not any(sample):
+        raise DataError("No text to train the tokenizer on: the training split is empty"
+                        + (" (its texts are all empty)." if sample else "."))
     options = {"vocab": vocab_size, "scaffold": scaffold, **pretokenizer.to_dict()}
     key = fingerprint(sample, options, corpus_id)
     kind = "scaffold_bpe" if scaffold else "bpe"

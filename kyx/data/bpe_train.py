@@ -1,8 +1,9 @@
 """Byte-level BPE training, plain or Scaffold-BPE (Lian et al., arXiv 2404.17808).
 
-Input: word counts (pre-tokenised text, kyx/data/pretokenize.py). Every word starts as its
-UTF-8 bytes (token ids 0..255 of the expanded vocabulary E); each step merges the most
-frequent adjacent pair over all words (weighted by word count) into a new token.
+Input: word counts (pre-tokenised text, kyx/data/pretokenize.py), words longer than
+``MAX_WORD_BYTES`` counted as pieces of that length. Every word starts as its UTF-8 bytes
+(token ids 0..255 of the expanded vocabulary E); each step merges the most frequent
+adjacent pair over all words (weighted by word count) into a new token.
 
 Data structures (incremental, so a step only touches the words holding its pair):
 
@@ -34,6 +35,10 @@ from collections.abc import Mapping
 from kyx.errors import ConfigError
 
 NUM_BYTES = 256
+# Training sees a longer word as pieces of this many bytes: a merge rescans each word
+# holding its pair, so one huge word (a minified file, a DNA string) would cost
+# O(length x merges); the pieces keep its pair statistics but for the cuts.
+MAX_WORD_BYTES = 256
 _TOKEN, _PAIR = 0, 1  # heap entry kinds; the lower one wins ties
 
 
@@ -53,7 +58,9 @@ class BpeModel:
         pieces = [bytes([i]) for i in range(NUM_BYTES)]
         index = {p: i for i, p in enumerate(pieces)}
         produced = []
-        for a, b in self.merges:
+        for rank, (a, b) in enumerate(self.merges):
+            if not (0 <= a < len(pieces) and 0 <= b < len(pieces)):
+                raise ValueError(f"merge {rank} ({a}, {b}) names a token made later or never")
             s = pieces[a] + pieces[b]
             if s not in index:
                 index[s] = len(pieces)
@@ -84,8 +91,7 @@ class _Trainer:
         self.pair_words: dict[tuple[int, int], set[int]] = {}
         self.heap: list[tuple] = []
         # sorted: word ids, hence set iteration, do not depend on the mapping's order
-        for word, n in sorted(word_counts.items()):
-            raw = word.encode("utf-8", "surrogatepass") if isinstance(word, str) else word
+        for raw, n in sorted(_pieces_of(word_counts).items()):
             if not raw or n <= 0:
                 continue
             wid = len(self.words)
@@ -206,6 +212,17 @@ class _Trainer:
                 self.v_size += 1
         scaffold = frozenset(i for i, v in enumerate(self.in_v) if not v)
         return BpeModel(list(self.merges), scaffold)
+
+
+def _pieces_of(word_counts: Mapping[str | bytes, int]) -> dict[bytes, int]:
+    """Word bytes -> count, words longer than MAX_WORD_BYTES cut into pieces."""
+    out: dict[bytes, int] = {}
+    for word, n in word_counts.items():
+        raw = word.encode("utf-8", "surrogatepass") if isinstance(word, str) else word
+        for i in range(0, max(len(raw), 1), MAX_WORD_BYTES):
+            piece = raw[i:i + MAX_WORD_BYTES]
+            out[piece] = out.get(piece, 0) + n
+    return out
 
 
 def train_bpe_model(word_counts: Mapping[str | bytes, int], vocab_size: int, *,

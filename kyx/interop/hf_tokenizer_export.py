@@ -20,11 +20,17 @@ kyx-trained SentencePiece tokenizer kyx writes:
   trainer but ``pretrain``) also stops where its chat template ends a turn (``<|eot|>``),
   as ``kyx sample --chat`` does.
 
+A kyx byte-level BPE tokenizer (``tokenizer.bpe.json``, copied) gets the same files, its
+``tokenizer.json`` written by kyx/interop/hf_bpe_export.py: exact for ``bpe``; for
+``scaffold_bpe`` (which no BPE model reproduces exactly, see there) BPE over the expanded
+vocabulary plus ``scaffold_demolition.json``, the table mapping the scaffold tokens' ids
+(from ``vocab_size`` on) to kyx's ids.
+
 The result is checked before the export reports success: the directory is loaded back
 with ``transformers.AutoTokenizer`` and must encode and decode ``PROBES`` exactly as kyx
 does (see ``check_tokenizer`` for the model types where transformers 5 substitutes its
 own tokenizer class). transformers (``pip install -e .[hf]``) is needed for the
-conversion.
+conversion and the check.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from kyx.data.tokenizer import CHAT_TOKENS, PLACEHOLDER
 from kyx.distributed import is_writer
 from kyx.errors import ConfigError
 from kyx.fileio import atomic_write
+from kyx.interop import hf_bpe_export
 from kyx.interop.hf import copy_tokenizer_files
 from kyx.logs import get_logger
 
@@ -61,18 +68,37 @@ def export_tokenizer(workdir: str, out_dir: str, tokenizer, run_config, max_len:
     files = {}
     if GENERATION_FILE not in written:
         files[GENERATION_FILE] = generation_config(tokenizer, run_config)
-    if hf_tokenizer.CONFIG_FILE not in written and getattr(tokenizer, "model_proto", None):
+    bpe = getattr(tokenizer, "model_json", None) is not None
+    if hf_tokenizer.CONFIG_FILE not in written and (
+            bpe or getattr(tokenizer, "model_proto", None)):
         stale = os.path.join(out_dir, hf_tokenizer.JINJA_FILE)
         if os.path.exists(stale):   # transformers 5 would prefer it to our chat_template
             os.remove(stale)
         files[hf_tokenizer.CONFIG_FILE] = tokenizer_config(tokenizer, max_len)
         files[hf_tokenizer.MAP_FILE] = special_tokens_map(tokenizer)
+    table, old_table = None, os.path.join(out_dir, hf_bpe_export.SCAFFOLD_FILE)
+    if os.path.exists(old_table):   # an earlier export's
+        os.remove(old_table)
+    if bpe and hf_tokenizer.CONFIG_FILE in files and tokenizer.model.scaffold:
+        table = hf_bpe_export.scaffold_table(tokenizer)
+        files[hf_bpe_export.SCAFFOLD_FILE] = {
+            "vocab_size": tokenizer.vocab_size,
+            "demolition": {str(i): ids for i, ids in sorted(table.items())}}
     for name, data in files.items():
         atomic_write(os.path.join(out_dir, name), json.dumps(data, indent=2, ensure_ascii=False))
     if hf_tokenizer.CONFIG_FILE in files:
-        atomic_write(os.path.join(out_dir, hf_tokenizer.JSON_FILE), tokenizer_json(out_dir))
-        check_tokenizer(out_dir, tokenizer)
+        text = hf_bpe_export.tokenizer_json(tokenizer) if bpe else tokenizer_json(out_dir)
+        atomic_write(os.path.join(out_dir, hf_tokenizer.JSON_FILE), text)
+        check_tokenizer(out_dir, tokenizer, table)
         files[hf_tokenizer.JSON_FILE] = None
+        if table:
+            log.warning("Scaffold-BPE exported as BPE over its expanded vocabulary: %s gives "
+                        "ids %d..%d to the %d scaffold tokens (no BPE model encodes exactly "
+                        "as demolition does); map them to model ids with %s "
+                        "(kyx.interop.hf_bpe_export.demolish) before feeding the model",
+                        hf_tokenizer.JSON_FILE, tokenizer.vocab_size,
+                        tokenizer.vocab_size + len(table) - 1, len(table),
+                        hf_bpe_export.SCAFFOLD_FILE)
     return written + list(files)
 
 
@@ -111,7 +137,8 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("exporting a kyx-trained tokenizer writes tokenizer.json with "
-                          "transformers' SentencePiece converter: pip install -e '.[hf]' "
+                          "transformers' SentencePiece converter and checks it with "
+                          "transformers: pip install -e '.[hf]' "
                           "(transformers>=5.23)") from None
     return transformers
 
@@ -128,27 +155,28 @@ def tokenizer_json(out_dir: str) -> str:
         return fast.from_pretrained(scratch).backend_tokenizer.to_str()
 
 
-def _mismatch(hf_tok, tokenizer) -> str | None:
+def _mismatch(hf_tok, tokenizer, table=None) -> str | None:
     for text in PROBES:
         want = [tokenizer.bos_id] + list(tokenizer.encode(text))
         got = hf_tok(text)["input_ids"]
         back = hf_tok.decode(got[1:])
-        if got != want or back != text:
+        if hf_bpe_export.demolish(got, table or {}) != want or back != text:
             return (f"on {text!r} transformers gives {got} (decoded {back!r}), kyx {want}")
     return None
 
 
-def check_tokenizer(out_dir: str, tokenizer) -> None:
-    """transformers' tokenizer of ``out_dir`` encodes and decodes PROBES as kyx does.
+def check_tokenizer(out_dir: str, tokenizer, table: dict | None = None) -> None:
+    """transformers' tokenizer of ``out_dir`` encodes and decodes PROBES as kyx does
+    (a Scaffold-BPE export's ids after demolition by ``table``).
 
     transformers 5's AutoTokenizer ignores ``tokenizer_class`` for a few model types
     (``qwen2``: it builds its own byte-level Qwen2Tokenizer from the vocabulary); then the
     declared PreTrainedTokenizerFast must match, and a warning says to load it by name."""
     tf = _transformers()
     auto = tf.AutoTokenizer.from_pretrained(out_dir)
-    if _mismatch(auto, tokenizer) is None:
+    if _mismatch(auto, tokenizer, table) is None:
         return
-    problem = _mismatch(tf.PreTrainedTokenizerFast.from_pretrained(out_dir), tokenizer)
+    problem = _mismatch(tf.PreTrainedTokenizerFast.from_pretrained(out_dir), tokenizer, table)
     if problem:
         raise ConfigError(f"the exported tokenizer in {out_dir} does not match kyx's: "
                           f"{problem}; is transformers older than 5.23?")

@@ -14,7 +14,8 @@
 """
 from kyx.telemetry.console import ConsoleSink, format_stats
 from kyx.telemetry.flops import matmul_peak_flops, mfu
-from kyx.telemetry.jsonl import METRICS_FILE, append_line, read_jsonl, read_metrics
+from kyx.telemetry.jsonl import (METRICS_FILE, append_line, read_jsonl, read_metrics,
+                                 trim_rows)
 from kyx.telemetry.plot import plot_loss_curve
 from kyx.telemetry.profiler import StepProfiler, parse_steps
 from kyx.telemetry.sink import Sink, SinkContext
@@ -22,5 +23,5 @@ from kyx.telemetry.sinks import SINKS, selected
 from kyx.telemetry.writer import MetricsWriter, open_writer, writes_here
 
 __all__ = ["ConsoleSink", "format_stats", "matmul_peak_flops", "mfu", "METRICS_FILE",
-           "append_line", "read_jsonl", "read_metrics", "plot_loss_curve", "StepProfiler", "parse_steps", "Sink",
+           "append_line", "read_jsonl", "read_metrics", "trim_rows", "plot_loss_curve", "StepProfiler", "parse_steps", "Sink",
            "SinkContext", "SINKS", "selected", "MetricsWriter", "open_writer", "writes_here"]

@@ -110,6 +110,13 @@ def _parse(text: str, path) -> list[dict]:
     return rows
 
 
+def trim_rows(path, resume_step: int) -> None:
+    """Drop the rows after ``resume_step`` (and a half-written last line) from a JSON-lines
+    file such as eval_stats.jsonl when a run resumes: the steps it redoes are appended
+    again, and an append after a torn line would corrupt the file."""
+    _trim(as_path(path), resume_step)
+
+
 def _trim(path, resume_step: int | None) -> str:
     """Cut the file to the rows with step <= ``resume_step`` (None: only a partial last
     line, so the next append starts on a fresh line); returns the text kept."""

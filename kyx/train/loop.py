@@ -198,6 +198,8 @@ class Run:
         self.writer = telemetry.open_writer(
             workdir, telemetry.selected(cfg.metrics), resume_step=self.step, total=self.total,
             every=cfg.train.log_every, settings=cfg.metrics, config=config_lib.to_dict(cfg))
+        if telemetry.writes_here():  # evaluations after the restored step are redone
+            telemetry.trim_rows(f"{workdir}/eval_stats.jsonl", self.step)
         self.profiler = telemetry.StepProfiler(
             cfg.train.profile_steps, workdir, sync=lambda: jax.block_until_ready(self.state),
             enabled=telemetry.writes_here())

@@ -54,6 +54,13 @@ def test_sigkill_then_resume_reproduces_uninterrupted_losses(fast_overrides, sma
     pooled = ((r["eval/code/loss"] * r["eval/code/tokens"] + r["eval/notes/loss"]
                * r["eval/notes/tokens"]) / (r["eval/code/tokens"] + r["eval/notes/tokens"]))
     assert r["eval/loss"] == pytest.approx(pooled, rel=1e-5)
+    # per-position statistics (pooled and per source): the same records as uninterrupted
+    def eval_stats(workdir):
+        rows = [json.loads(x) for x in open(workdir / "eval_stats.jsonl").read().splitlines()]
+        return {(r["step"], r.get("source")): r for r in rows}
+    ref_stats = eval_stats(ref_dir)
+    assert set(ref_stats) == {(s, src) for s in (6, 12, 14) for src in (None, "code", "notes")}
+    assert eval_stats(killed_dir) == ref_stats
 
 
 @pytest.mark.slow
