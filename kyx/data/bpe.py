@@ -112,6 +112,11 @@ class BpeTokenizer:
         return len(self._id_bytes)
 
     @property
+    def id_bytes(self) -> tuple[bytes, ...]:
+        """The bytes each id decodes to (b"" for the special ids), indexed by id."""
+        return tuple(self._id_bytes)
+
+    @property
     def pad_id(self) -> int:
         return PAD_ID
 

@@ -58,6 +58,11 @@ class JsonTokenizer:
         self.special_tokens: dict[str, str] = {}
 
     @property
+    def backend(self):
+        """The ``tokenizers.Tokenizer`` (its model, decoder and added tokens)."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

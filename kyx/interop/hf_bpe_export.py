@@ -41,26 +41,10 @@ import json
 from collections.abc import Iterable
 
 from kyx.data.bpe import SPECIALS
+from kyx.data.token_bytes import BYTE_CHARS
 from kyx.data.tokenizer import BOS_ID
 
 SCAFFOLD_FILE = "scaffold_demolition.json"
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2's printable character of each byte (what ``ByteLevel`` maps bytes to)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
-
-
-BYTE_CHARS = _byte_chars()
 
 
 def _text(piece: bytes) -> str:

@@ -9,7 +9,8 @@ a0 + a2 ~ the loss with almost no context, a2 the long-context asymptote, a1 the
 rate. It is fitted to the **per-position sums** of the whole validation set (each
 position weighted by its token count, never an average of per-batch averages) by
 ``scipy.optimize.least_squares`` over log a (positivity), warm-started from the previous
-evaluation's fit, inside a box (``LOWER``/``UPPER``).
+evaluation's fit and from a few fresh starts (the best is kept: a warm start alone can stay
+in the basin of a degenerate fit), inside a box (``LOWER``/``UPPER``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from scipy import optimize, special
 from kyx.errors import DataError
 
 PARAMS = ("a0", "a1", "a2")
-# Box for the fit: early in training the curve is nearly flat in i and (a0, a1) are not
-# identifiable (a0/(1 + a1 i) ~ (a0/a1)/i for large a1); the box keeps them finite.
+# Box for the fit. Early in training the curve is nearly flat or straight in i and the
+# parameters are not identifiable: for large a1, a0/(1 + a1 i) ~ (a0/a1)/i; for a1 i << 1
+# over the whole context the hyperbola is a line a0 + a2 - a0 a1 i, and any split of the
+# intercept between a0 and a2 fits. So a1 >= 1/n (the decay reaches half within the n
+# measured positions: a2 is an asymptote the data can see) and a1 <= 10.
 LOWER = np.array([1e-4, 1e-4, 1e-3])
 UPPER = np.array([1e2, 10.0, 1e2])
 
@@ -72,14 +76,22 @@ def fit_positions(sum_p, count_p, init=None) -> PositionFit:
                         "per-position law needs at least 4")
     loss_p = np.where(seen, sum_p / np.maximum(count_p, 1.0), 0.0)
     i, y, w = positions(len(sum_p))[seen], loss_p[seen], np.sqrt(count_p[seen])
-    start = np.asarray(init if init is not None else initial_guess(loss_p, count_p))
-    start = np.log(np.clip(start, LOWER * 1.001, UPPER * 0.999))
+    guess = initial_guess(loss_p, count_p)
+    starts = [np.asarray(init, np.float64)] if init is not None else []
+    starts += [guess] + [np.array([guess[0], a1, guess[2]]) for a1 in (1e-2, 1e-1, 1.0)]
 
     def residuals(log_a):
         return w * (hyperbola(np.exp(log_a), i) - y)
 
-    result = optimize.least_squares(residuals, start, method="trf", x_scale="jac",
-                                    bounds=(np.log(LOWER), np.log(UPPER)), max_nfev=2000)
+    lower = LOWER.copy()
+    lower[1] = max(LOWER[1], 1.0 / len(sum_p))
+    result = None
+    for start in starts:
+        fit = optimize.least_squares(
+            residuals, np.log(np.clip(start, lower * 1.001, UPPER * 0.999)), method="trf",
+            x_scale="jac", bounds=(np.log(lower), np.log(UPPER)), max_nfev=2000)
+        if result is None or fit.cost < result.cost * (1 - 1e-9):
+            result = fit
     a = np.exp(result.x)
     weights = count_p[seen]
     mean = np.average(y, weights=weights)

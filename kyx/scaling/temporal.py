@@ -7,7 +7,7 @@ retrieved, so each is a registered family and any a_k can use any of them):
     constant     c0                        (e.g. a1: positions learned at one rate)
     log          c0 + c1 * ln N
     hyperbolic   c0 / (1 + c1 * N) + c2                    (c1 > 0)
-    power        c0 * N^(-c1) + c2                         (c1 > 0)
+    power        c0 * N^(-c1) + c2                         (c0, c1 > 0: decreasing)
     cosine       c0 + c1 * cos(pi * u),  u = (N - N_sep) / (N_total - N_sep) in [0, 1]
 
 ``cosine`` follows the learning-rate schedule's cosine piece: N_sep is the end of warmup
@@ -86,12 +86,12 @@ def hyperbolic_family(c, n, schedule):
 
 def _power_init(n, y, schedule):
     c0, c2 = _linear([n ** -0.5, np.ones_like(n)], y)
-    return np.array([c0, np.log(0.5), c2])
+    return np.array([np.log(max(c0, 1e-6)), np.log(0.5), c2])
 
 
 @FAMILIES.register("power", init=_power_init)
 def power_family(c, n, schedule):
-    return c[0] * np.maximum(n, 1.0) ** -np.exp(c[1]) + c[2]
+    return np.exp(c[0]) * np.maximum(n, 1.0) ** -np.exp(c[1]) + c[2]
 
 
 def cosine_phase(n, schedule: Schedule):

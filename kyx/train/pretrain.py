@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
 
 from kyx import axes as ax
 from kyx.data import mixture, pipeline
+from kyx.data.token_bytes import token_byte_lengths
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
 from kyx.model.config import ModelConfig
@@ -59,14 +61,19 @@ def make_loss_fn(model: Decoder, loss_cfg):
     return loss_fn
 
 
-def make_eval_fn(model: Decoder, max_len: int, bos_id: int | None):
-    """Sums over a validation batch: CE, token count and per-position CE statistics.
+def make_eval_fn(model: Decoder, max_len: int, bos_id: int | None,
+                 byte_lengths: np.ndarray | None = None):
+    """Sums over a validation batch: CE, token count and per-position CE statistics; with
+    ``byte_lengths`` (np.int32 [vocab]: UTF-8 bytes per id, kyx/data/token_bytes.py) also
+    the bytes of text the masked targets stand for (``bytes``, for bits per byte).
 
     Per-position sums (the temporal scaling law's input, kyx/scaling) are kept apart for
     segments that start a document (first token BOS: position = offset from the document
     start, the context the model sees) and for continuation pieces of a document cut at a
     row boundary (position = offset from the cut). Together they add up to ``loss_sum``.
     """
+    table = None if byte_lengths is None else jnp.asarray(byte_lengths, jnp.int32)
+
     def eval_fn(params, batch):
         logits_btv = forward_with_aux(model, params["policy"], batch).out
         mask = batch["loss_mask"].astype(jnp.float32)
@@ -78,10 +85,20 @@ def make_eval_fn(model: Decoder, max_len: int, bos_id: int | None):
         cont_sum, cont_count = lm.per_position_loss(logits_btv, batch["targets"],
                                                     mask * (1.0 - doc_start_bt),
                                                     batch["positions"], max_len)
-        return {"loss_sum": jnp.sum(ce_bt * mask), "tokens": jnp.sum(mask),
+        sums = {"loss_sum": jnp.sum(ce_bt * mask), "tokens": jnp.sum(mask),
                 "pos_sum": pos_sum, "pos_count": pos_count,
                 "cont_sum": cont_sum, "cont_count": cont_count}
+        if table is not None:
+            sums["bytes"] = target_bytes(table, batch["targets"], batch["loss_mask"])
+        return sums
     return eval_fn
+
+
+def target_bytes(table, targets_bt, mask_bt):
+    """int32 sum of ``table[target]`` over the targets where the mask is set (an integer
+    sum: exact over any number of batches below 2**31 bytes)."""
+    return jnp.sum(jnp.where(mask_bt > 0, jnp.take(table, targets_bt, mode="clip"), 0),
+                   dtype=jnp.int32)
 
 
 def starts_document(tokens_bt, positions_bt, bos_id: int):
@@ -101,9 +118,16 @@ def _compact(values) -> list:
 
 
 def summarize_eval(sums):
+    """Metrics of an eval pass (loss, perplexity, tokens; with ``bytes`` in the sums also
+    ``eval/bits_per_byte``: CE in nats summed over the targets / (ln 2 x their UTF-8
+    bytes), comparable across tokenizers) and its per-position statistics."""
     loss = float(sums["loss_sum"] / max(float(sums["tokens"]), 1.0))
     metrics = {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 80.0))),
                "eval/tokens": float(sums["tokens"])}
+    if "bytes" in sums:   # nats summed over the targets / (ln 2 x their UTF-8 bytes)
+        n_bytes = int(sums["bytes"])
+        metrics["eval/bytes"] = float(n_bytes)
+        metrics["eval/bits_per_byte"] = float(sums["loss_sum"]) / (math.log(2) * max(n_bytes, 1))
     artifacts = {"per_position_loss_sum": _compact(sums["pos_sum"]),
                  "per_position_count": _compact(sums["pos_count"]),
                  "continued_loss_sum": _compact(sums["cont_sum"]),
@@ -131,18 +155,18 @@ def build(cfg) -> Trainer:
              if isinstance(corpus, mixture.Mixture) else [])
     return make_trainer(
         cfg, step, train_iter=train_iter, batch_axes=BATCH_AXES,
-        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len,
-                             tokenizer.bos_id),
+        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len, tokenizer.bos_id,
+                             token_byte_lengths(tokenizer, cfg.model.vocab_size)),
         eval_batches=lambda: pipeline.make_iterator(cfg.data, corpus, tokenizer, "validation",
                                                     **split),
         summarize_eval=summarize_eval, tokenizer=tokenizer, hooks=extra)
 
 
 def source_eval_hook(cfg, corpus: mixture.Mixture, tokenizer, split: dict) -> hooks_lib.Hook:
-    """``eval/<label>/loss`` (and perplexity, tokens) of each mixture source's validation
-    split, in the same row as the pooled ``eval/...`` (it runs just before the eval hook,
-    which writes the row); its per-position statistics go to eval_stats.jsonl with
-    ``"source": label``."""
+    """``eval/<label>/loss`` (and perplexity, tokens, bytes, bits_per_byte) of each
+    mixture source's validation split, in the same row as the pooled ``eval/...`` (it runs
+    just before the eval hook, which writes the row); its per-position statistics go to
+    eval_stats.jsonl with ``"source": label``."""
     def batches(label):
         return lambda: pipeline.make_iterator(corpus.configs[label], corpus.corpora[label],
                                               tokenizer, "validation", **split)

@@ -17,7 +17,7 @@ def test_forecast_recovers_the_final_loss(fraction, noise, law):
     records, count_p = law.records(noise=noise)
     curve = curve_from_records(records)
     fc = forecast(curve, law.SCHEDULE, until_step=int(fraction * law.SCHEDULE.n_total),
-                  families=law.families)
+                  families=law.families, baselines=())
     assert fc.fit_steps[0] == 60 and fc.fit_steps[-1] == int(fraction * law.SCHEDULE.n_total)
     final = law.true_loss(law.SCHEDULE.n_total, count_p)
     assert relative_error(fc.predictions()["temporal"], final) < 0.01
@@ -31,7 +31,7 @@ def test_forecast_recovers_the_final_loss(fraction, noise, law):
 def test_noise_free_forecast_is_nearly_exact(law):
     records, count_p = law.records(noise=0.0)
     fc = forecast(curve_from_records(records), law.SCHEDULE, until_step=400,
-                  families=law.families)
+                  families=law.families, baselines=())
     for step in (500, 800, 1000):
         assert fc.loss_at(step)[0] == pytest.approx(law.true_loss(step, count_p), rel=1e-4)
 
@@ -41,7 +41,7 @@ def test_power_law_baselines_cannot_see_the_cosine_tail(law):
     that the temporal law's cosine family carries (the paper's argument)."""
     records, count_p = law.records()
     fc = forecast(curve_from_records(records), law.SCHEDULE, until_step=400,
-                  families=law.families)
+                  families=law.families, baselines=("kaplan",))
     final = law.true_loss(law.SCHEDULE.n_total, count_p)
     preds = fc.predictions()
     assert relative_error(preds["temporal"], final) < relative_error(preds["kaplan"], final)

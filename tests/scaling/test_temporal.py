@@ -14,7 +14,7 @@ LATER = np.array([600.0, 800.0, 1000.0])
     ("constant", np.array([0.3])),
     ("log", np.array([3.0, -0.2])),
     ("hyperbolic", np.array([0.5, np.log(0.01), 0.05])),
-    ("power", np.array([2.0, np.log(0.4), 1.5])),
+    ("power", np.array([np.log(2.0), np.log(0.4), 1.5])),
     ("cosine", np.array([3.5, 0.6])),
 ])
 def test_family_recovers_and_extrapolates(family, c):
