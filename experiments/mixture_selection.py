@@ -18,7 +18,6 @@ loss, and the Spearman correlation of the two rankings is reported. Writes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -36,11 +35,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("_kyx_sweep_runner",
-                                                  os.path.join(HERE, "sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """experiments/sweep.py (the sweep runner) as a module."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import sweep
+
+    return sweep
 
 
 def mixture_overrides(docs_glob: str, docs_weight: float, eval_every: int) -> list[str]:

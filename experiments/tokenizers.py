@@ -25,6 +25,10 @@ standard library):
   validation targets / (ln 2 x their UTF-8 bytes), kyx/data/token_bytes.py), the loss that
   compares across tokenizers; the per-token eval loss is reported too, but does not.
 
+Every run evaluates the whole validation split (``data.eval_batches=0`` unless overridden):
+a fixed number of batches holds different text under different tokenizers, so bits per
+byte would be measured on different documents.
+
 Tokenizers are trained (once, cached by fingerprint in ``data_dir/tokenizers``) before
 any run; the runs then load the same files. Writes ``results.json``, ``results.md`` and
 ``tokenizers.png`` into ``--root``; the runs' workdirs are ``ROOT/<kind>_<V>[/seed<k>]``.
@@ -32,7 +36,6 @@ any run; the runs then load the same files. Writes ``results.json``, ``results.m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -53,11 +56,12 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "pretrain.py") +
 
 
 def _sweep_module():
-    spec = importlib.util.spec_from_file_location("_kyx_sweep_runner",
-                                                  os.path.join(HERE, "sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """experiments/sweep.py (the sweep runner) as a module."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    import sweep
+
+    return sweep
 
 
 def variant_overrides(kind: str, vocab: int) -> list[str]:
@@ -194,6 +198,7 @@ def plot(results: dict, kinds, vocabs, out: str) -> str:
 
 def main(argv=None) -> int:
     spec, overrides, rest = config_lib.parse_cli(sys.argv[1:] if argv is None else argv)
+    overrides = ["data.eval_batches=0"] + overrides  # the same validation text for every kind
     parser = argparse.ArgumentParser(prog="experiments/tokenizers.py")
     parser.add_argument("--root", required=True, help="directory for workdirs and results")
     parser.add_argument("--vocab", type=int, nargs="+", default=[4096, 8192],
