@@ -47,7 +47,7 @@ def forecast_metrics(workdir, cfg) -> dict:
 
 @hooks_lib.DEFAULT_HOOKS.register("scaling")
 def scaling_hook(run) -> hooks_lib.Hook | None:
-    sc = run.cfg.get("scaling")
+    sc = getattr(run.cfg, "scaling", None)  # configs without a scaling section: off
     if (sc is None or not sc.predict_from or run.eval_fn is None
             or not telemetry.writes_here() or not run.cfg.train.eval_every):
         return None

@@ -69,7 +69,8 @@ def test_run_telemetry_without_a_tty(fast_overrides, tmp_path, capsys, monkeypat
                                             "eval 6/6"]
     assert re.fullmatch(r"step 2/6 \| loss \d+\.\d{4} \| lr \d\.\de-\d\d \| [\d.]+k? tok/s"
                         r" \| ETA \d+:\d\d:\d\d", lines[0]), lines[0]
-    assert re.fullmatch(r"eval 3/6 \| loss [\d.]+ \| perplexity [\d.]+ \| tokens \d+", lines[1])
+    assert re.fullmatch(r"eval 3/6 \| loss [\d.]+ \| perplexity [\d.]+ \| tokens \d+ \| "
+                        r"bytes \d+ \| bits_per_byte [\d.]+", lines[1]), lines[1]
 
     # per-step norms, computed in the step
     rows = {r["step"]: r for r in read_metrics(workdir)}
