@@ -99,6 +99,23 @@ def scaffold_in_bpe(bpe: BpeTokenizer, scaffold: BpeTokenizer) -> dict:
                          for b in learned if b in s_bytes][:12]}
 
 
+def hf_export_check(tok: BpeTokenizer, texts: list[str]) -> dict:
+    """Encodes ``texts`` with the tokenizer's Hugging Face export (kyx/interop/
+    hf_bpe_export.py; for scaffold_bpe the export over E, then ``demolish``) and counts the
+    texts whose ids equal kyx's own encoding."""
+    import tokenizers
+
+    from kyx.interop import hf_bpe_export
+
+    hf = tokenizers.Tokenizer.from_str(hf_bpe_export.tokenizer_json(tok))
+    table = hf_bpe_export.scaffold_table(tok) if tok.model.scaffold else {}
+    ours = tok.encode_batch(texts)
+    theirs = [hf_bpe_export.demolish(e.ids, table)
+              for e in hf.encode_batch(texts, add_special_tokens=False)]
+    same = sum(a == list(b) for a, b in zip(theirs, ours))
+    return {"texts": len(texts), "identical": same, "tokens": sum(len(a) for a in ours)}
+
+
 def last_eval(workdir: str) -> dict:
     rows = [r for r in read_metrics(workdir) if "eval/bits_per_byte" in r]
     if not rows:
@@ -108,9 +125,10 @@ def last_eval(workdir: str) -> dict:
             "eval_loss": rows[-1]["eval/loss"]}
 
 
-def tokenizer_stats(spec, overrides, kinds, vocabs) -> tuple[dict, dict]:
-    """Trains (or loads) every tokenizer: ({variant: bytes_per_token}, {vocab: scaffold})."""
-    compression, scaffold = {}, {}
+def tokenizer_stats(spec, overrides, kinds, vocabs) -> tuple[dict, dict, dict]:
+    """Trains (or loads) every tokenizer: ({variant: bytes_per_token}, {vocab: scaffold},
+    {variant: HF export check on the validation split} for the BPE kinds)."""
+    compression, scaffold, hf_check = {}, {}, {}
     for vocab in vocabs:
         toks, texts = {}, None
         for kind in dict.fromkeys([*kinds, "bpe", "scaffold_bpe"]):
@@ -121,8 +139,12 @@ def tokenizer_stats(spec, overrides, kinds, vocabs) -> tuple[dict, dict]:
                 compression[f"{kind}_{vocab}"] = bytes_per_token(toks[kind], texts)
                 print(f"{kind} |V|={vocab}: {compression[f'{kind}_{vocab}']:.3f} bytes/token",
                       flush=True)
+            if kind in kinds and kind != "sentencepiece":
+                check = hf_check[f"{kind}_{vocab}"] = hf_export_check(toks[kind], texts)
+                print(f"{kind} |V|={vocab}: HF export encodes {check['identical']}/"
+                      f"{check['texts']} validation texts identically", flush=True)
         scaffold[vocab] = scaffold_in_bpe(toks["bpe"], toks["scaffold_bpe"])
-    return compression, scaffold
+    return compression, scaffold, hf_check
 
 
 def train_runs(spec, overrides, kinds, vocabs, seeds, root) -> dict:
@@ -151,11 +173,14 @@ def _cell(r: dict, key: str, fmt: str) -> str:
 
 def markdown(results: dict, scaffold: dict, seeds: int) -> str:
     lines = ["| tokenizer | \\|V\\| | bytes/token (validation) | eval loss (nats/token) "
-             f"| eval bits/byte (mean ± std, {seeds} seeds) |", "|---|---:|---:|---:|---:|"]
+             f"| eval bits/byte (mean ± std, {seeds} seeds) | HF export identical |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
+        hf = r.get("hf_export")
         lines.append(f"| {r['kind']} | {r['vocab']} | {r['bytes_per_token']:.3f} | "
                      f"{_cell(r, 'eval_loss', '{:.4f}')} | "
-                     f"{_cell(r, 'eval_bits_per_byte', '{:.4f}')} |")
+                     f"{_cell(r, 'eval_bits_per_byte', '{:.4f}')} | "
+                     + (f"{hf['identical']}/{hf['texts']} texts |" if hf else "n/a |"))
     lines += ["", "Scaffold tokens under plain BPE (plain BPE's learned tokens that "
               "Scaffold-BPE's final scaffold set S holds):", "",
               "| \\|V\\| | \\|S\\| | in plain BPE's V | share of \\|V\\| | examples |",
@@ -213,11 +238,13 @@ def main(argv=None) -> int:
     if args.steps:
         overrides = overrides + [f"train.steps={args.steps}"]
     os.makedirs(args.root, exist_ok=True)
-    compression, scaffold = tokenizer_stats(spec, overrides, args.kinds, args.vocab)
+    compression, scaffold, hf_check = tokenizer_stats(spec, overrides, args.kinds, args.vocab)
     results = train_runs(spec, overrides, args.kinds, args.vocab, args.seeds, args.root)
     for name, r in results.items():
         kind, vocab = name.rsplit("_", 1)
         r.update(kind=kind, vocab=int(vocab), bytes_per_token=compression[name])
+        if name in hf_check:
+            r.update(hf_export=hf_check[name])
         if kind == "bpe":
             r.update(scaffold_in_bpe=scaffold[int(vocab)]["scaffold_in_bpe"],
                      scaffold_share=scaffold[int(vocab)]["scaffold_share"])

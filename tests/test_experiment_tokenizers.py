@@ -40,6 +40,9 @@ def test_tokenizer_ablation_end_to_end(fast_overrides, tmp_path):
             cfg = json.loads((root / name / f"seed{seed}" / "config.json").read_text())
             assert cfg["data"]["tokenizer"]["kind"] == r["kind"]
             assert cfg["model"]["vocab_size"] == 512 and cfg["train"]["seed"] == seed
+    hf = results["scaffold_bpe_512"]["hf_export"]   # demolished HF ids == kyx's ids
+    assert hf["texts"] > 0 and hf["identical"] == hf["texts"] and hf["tokens"] > 0
+    assert "hf_export" not in results["sentencepiece_512"]
     scaffold = out["scaffold"]["512"]
     assert 0 < scaffold["scaffold_in_bpe"] <= scaffold["scaffold_set"]
     assert scaffold["scaffold_share"] == pytest.approx(scaffold["scaffold_in_bpe"] / 512)

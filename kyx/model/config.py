@@ -41,6 +41,10 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"         # compute dtype; params are always float32
     remat: str = "none"            # "none" | "full" | "dots" | "dots_no_batch"
+    # layers per iteration of the layer scan: 1 = a loop (smallest program), num_layers =
+    # fully unrolled (no per-layer stacking of activations; faster on CPU, longer compile).
+    # Parameters keep their stacked [layers, ...] layout either way (checkpoints compatible).
+    scan_unroll: int = 1
 
     # HunYuan attention-weight reuse (docs/moe.md): training-time probability that a layer
     # reuses the previous layer's attention probabilities (needs the 'reuse' rng stream).
@@ -123,6 +127,9 @@ class ModelConfig:
                               "normalise the input embeddings); set model.tie_embeddings=False")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        if self.scan_unroll < 1:
+            raise ConfigError(f"model.scan_unroll must be >= 1 (1 = loop over layers, "
+                              f"num_layers = unrolled), got {self.scan_unroll}")
         if not 0.0 <= self.attn_reuse_prob <= 1.0:
             raise ConfigError(
                 f"model.attn_reuse_prob must be in [0, 1], got {self.attn_reuse_prob}")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from kyx import axes as ax
+from kyx.model.swiglu import swiglu
 from kyx.sharding import constrain
 
 
@@ -58,7 +59,7 @@ class Embed(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """FFN(x) = W_down (silu(W_gate x) * W_up x)."""
+    """FFN(x) = W_down (silu(W_gate x) * W_up x) (kyx/model/swiglu.py: hand-written VJP)."""
     hidden_dim: int
     init_std: float
     dtype: Any = jnp.float32
@@ -70,11 +71,8 @@ class SwiGLU(nn.Module):
         w_gate_df = param_with_axes(self, "wi_gate", init, (d, self.hidden_dim), (ax.EMBED, ax.MLP))
         w_up_df = param_with_axes(self, "wi_up", init, (d, self.hidden_dim), (ax.EMBED, ax.MLP))
         w_down_fd = param_with_axes(self, "wo", init, (self.hidden_dim, d), (ax.MLP, ax.EMBED))
-        x = x_btd.astype(self.dtype)
-        gate_btf = jnp.einsum("btd,df->btf", x, w_gate_df.astype(self.dtype))
-        up_btf = jnp.einsum("btd,df->btf", x, w_up_df.astype(self.dtype))
-        h_btf = constrain(nn.silu(gate_btf) * up_btf, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_MLP))
-        out_btd = jnp.einsum("btf,fd->btd", h_btf, w_down_fd.astype(self.dtype))
+        out_btd = swiglu(x_btd.astype(self.dtype), w_gate_df.astype(self.dtype),
+                         w_up_df.astype(self.dtype), w_down_fd.astype(self.dtype))
         return constrain(out_btd, ax.BTD)
 
 

@@ -111,6 +111,7 @@ def _scan(block, cfg: ModelConfig, length: int, name: str):
         split_rngs={"params": True, "jitter": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=length,
+        unroll=max(1, min(cfg.scan_unroll, length)),
         metadata_params={nn.PARTITION_NAME: ax.LAYERS},
     )(cfg, name=name)
 
