@@ -145,7 +145,12 @@ def plot(run: str, fractions: list[float], out: str) -> None:
     axes = fig.subplots(1, len(fractions), squeeze=False)[0]
     grid = np.linspace(schedule.n_sep + 1, schedule.n_total, 200)
     for ax, fraction in zip(axes, fractions):
-        fc = forecast(curve, schedule, int(fraction * schedule.n_total))
+        try:
+            fc = forecast(curve, schedule, int(fraction * schedule.n_total))
+        except DataError as e:   # too few evaluations by then: an empty panel that says so
+            ax.set_title(f"first {fraction:.0%}: {str(e).split(';')[0]}", fontsize=8)
+            ax.set_axis_off()
+            continue
         seen = curve.steps <= fc.until_step
         ax.plot(curve.steps[seen], curve.loss_e[seen], "o", ms=3, color="C0", label="fitted")
         ax.plot(curve.steps[~seen], curve.loss_e[~seen], "o", ms=3, mfc="none", color="C0",

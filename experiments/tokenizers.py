@@ -36,32 +36,39 @@ any run; the runs then load the same files. Writes ``results.json``, ``results.m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# run as a script, this file's directory leads sys.path, and `import tokenizers` (the
+# Hugging Face library, used by the export check and by transformers) would find this file
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+sys.path.insert(0, os.path.dirname(HERE))
 
 from kyx import config as config_lib  # noqa: E402
 from kyx.data import pipeline  # noqa: E402
 from kyx.data.bpe import BpeTokenizer  # noqa: E402
 from kyx.errors import ConfigError  # noqa: E402
+from kyx.interop import hf_bpe_export  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("sentencepiece", "bpe", "scaffold_bpe")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(HERE), "configs", "pretrain.py") + ":tiny"
 
 
 def _sweep_module():
-    """experiments/sweep.py (the sweep runner) as a module."""
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)
-    import sweep
-
-    return sweep
+    """experiments/sweep.py (the sweep runner) as a module (loaded by path: this directory
+    stays off sys.path, see above)."""
+    if "sweep" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("sweep", os.path.join(HERE, "sweep.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sweep"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["sweep"]
 
 
 def variant_overrides(kind: str, vocab: int) -> list[str]:
@@ -99,23 +106,6 @@ def scaffold_in_bpe(bpe: BpeTokenizer, scaffold: BpeTokenizer) -> dict:
                          for b in learned if b in s_bytes][:12]}
 
 
-def hf_export_check(tok: BpeTokenizer, texts: list[str]) -> dict:
-    """Encodes ``texts`` with the tokenizer's Hugging Face export (kyx/interop/
-    hf_bpe_export.py; for scaffold_bpe the export over E, then ``demolish``) and counts the
-    texts whose ids equal kyx's own encoding."""
-    import tokenizers
-
-    from kyx.interop import hf_bpe_export
-
-    hf = tokenizers.Tokenizer.from_str(hf_bpe_export.tokenizer_json(tok))
-    table = hf_bpe_export.scaffold_table(tok) if tok.model.scaffold else {}
-    ours = tok.encode_batch(texts)
-    theirs = [hf_bpe_export.demolish(e.ids, table)
-              for e in hf.encode_batch(texts, add_special_tokens=False)]
-    same = sum(a == list(b) for a, b in zip(theirs, ours))
-    return {"texts": len(texts), "identical": same, "tokens": sum(len(a) for a in ours)}
-
-
 def last_eval(workdir: str) -> dict:
     rows = [r for r in read_metrics(workdir) if "eval/bits_per_byte" in r]
     if not rows:
@@ -140,7 +130,7 @@ def tokenizer_stats(spec, overrides, kinds, vocabs) -> tuple[dict, dict, dict]:
                 print(f"{kind} |V|={vocab}: {compression[f'{kind}_{vocab}']:.3f} bytes/token",
                       flush=True)
             if kind in kinds and kind != "sentencepiece":
-                check = hf_check[f"{kind}_{vocab}"] = hf_export_check(toks[kind], texts)
+                check = hf_check[f"{kind}_{vocab}"] = hf_bpe_export.check_export(toks[kind], texts)
                 print(f"{kind} |V|={vocab}: HF export encodes {check['identical']}/"
                       f"{check['texts']} validation texts identically", flush=True)
         scaffold[vocab] = scaffold_in_bpe(toks["bpe"], toks["scaffold_bpe"])

@@ -109,3 +109,18 @@ def tokenizer_json(tok) -> str:
                   "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
                   "vocab": vocab, "merges": merges}}
     return json.dumps(spec, ensure_ascii=False)
+
+
+def check_export(tok, texts) -> dict:
+    """Encodes ``texts`` with ``tok``'s export (for scaffold_bpe: the BPE over E, then
+    ``demolish``) in the ``tokenizers`` library and counts the texts whose ids equal kyx's
+    own encoding: ``{"texts", "identical", "tokens"}``."""
+    import tokenizers
+
+    hf = tokenizers.Tokenizer.from_str(tokenizer_json(tok))
+    table = scaffold_table(tok) if tok.model.scaffold else {}
+    ours = tok.encode_batch(list(texts))
+    theirs = [demolish(e.ids, table) for e in hf.encode_batch(list(texts), add_special_tokens=False)]
+    same = sum(list(a) == list(b) for a, b in zip(theirs, ours))
+    return {"texts": len(ours), "identical": same, "tokens": sum(len(a) for a in ours)}
+

@@ -160,3 +160,10 @@ def test_a_pair_merged_twice_keeps_its_first_rank():
     tok = bpe.BpeTokenizer(bpe.to_json(model, False, PreTokenizer()))
     assert tok.encode("abc") == [9 + NUM_BYTES + 2]                    # [abc]
     assert _hf(tok).encode("abc", add_special_tokens=False).ids == tok.encode("abc")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "scaffold_bpe"])
+def test_check_export_counts_identical_texts(toks, sample, kind):
+    out = hf_bpe_export.check_export(toks[kind], sample)
+    assert out == {"texts": len(sample), "identical": len(sample),
+                   "tokens": sum(len(toks[kind].encode(t)) for t in sample)}
