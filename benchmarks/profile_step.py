@@ -34,15 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]   # kyx, and step_timing.py beside this file
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from kyx import config as config_lib  # noqa: E402
-from kyx.model import Decoder, ModelConfig  # noqa: E402
-from kyx.objectives.lm import default_config as loss_defaults  # noqa: E402
-from kyx.train.pretrain import make_loss_fn  # noqa: E402
-from kyx.train.step import make_grad_fn  # noqa: E402
-from step_timing import CONFIGS, random_batch  # noqa: E402
+from step_timing import grad_setup  # noqa: E402
 
 INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+(?:\{[^}]*\})?\s+([\w\-]+)\(")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -87,16 +82,8 @@ def hlo_index(hlo_text: str) -> dict:
 
 
 def build_step(spec: str, overrides: list[str]):
-    if not os.path.exists(spec.split(":")[0]):   # 'pretrain.py:small' means configs/pretrain.py
-        spec = os.path.join(CONFIGS, spec)
-    cfg = config_lib.load(spec, overrides)
-    mcfg = ModelConfig.from_config(cfg.model)
-    model = Decoder(mcfg)
-    params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"])(
-        jax.random.key(0))
-    params = jax.tree.map(lambda x: getattr(x, "value", x), params,
-                          is_leaf=lambda x: hasattr(x, "value"))
-    grad_fn = make_grad_fn(model, make_loss_fn(model, loss_defaults()))
+    """The compiled step (gradient + AdamW) of ``spec``, its arguments and tokens per step."""
+    cfg, _, params, batch, grad_fn = grad_setup(spec, overrides)
     opt = optax.adamw(1e-3, weight_decay=0.1)
 
     def step(params, opt_state, batch, rng):
@@ -104,7 +91,6 @@ def build_step(spec: str, overrides: list[str]):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    batch = random_batch(mcfg.vocab_size, cfg.data.batch_size, cfg.data.seq_len)
     args = (params, opt.init(params), batch, jax.random.key(1))
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
     return compiled, args, cfg.data.batch_size * cfg.data.seq_len

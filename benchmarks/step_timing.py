@@ -31,18 +31,28 @@ def random_batch(vocab_size: int, b: int, t: int) -> dict:
             "loss_mask": np.ones((b, t), np.float32)}
 
 
-def time_grad_step(spec: str, overrides: list[str], steps: int, peak: float) -> dict:
-    cfg = config_lib.load(os.path.join(CONFIGS, spec), overrides)
+def grad_setup(spec: str, overrides: list[str]):
+    """(config, model config, random params, random batch, grad_fn) of ``spec`` (a path, or
+    relative to configs/): the pretraining gradient with the training RNG streams on and
+    the routing-error probes when that loss is on."""
+    if not os.path.exists(spec.split(":")[0]):
+        spec = os.path.join(CONFIGS, spec)
+    cfg = config_lib.load(spec, overrides)
     mcfg = ModelConfig.from_config(cfg.model)
-    b, t = cfg.data.batch_size, cfg.data.seq_len
     model = Decoder(mcfg)
     params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"])(
         jax.random.key(0))
     params = jax.tree.map(lambda x: getattr(x, "value", x), params,
                           is_leaf=lambda x: hasattr(x, "value"))
-    batch = random_batch(mcfg.vocab_size, b, t)
-    # the training gradient: training RNG streams on, routing-error probes when that loss is on
-    fn = jax.jit(make_grad_fn(model, make_loss_fn(model, loss_defaults())))
+    batch = random_batch(mcfg.vocab_size, cfg.data.batch_size, cfg.data.seq_len)
+    grad_fn = make_grad_fn(model, make_loss_fn(model, loss_defaults()))
+    return cfg, mcfg, params, batch, grad_fn
+
+
+def time_grad_step(spec: str, overrides: list[str], steps: int, peak: float) -> dict:
+    cfg, mcfg, params, batch, grad_fn = grad_setup(spec, overrides)
+    b, t = cfg.data.batch_size, cfg.data.seq_len
+    fn = jax.jit(grad_fn)
     call = lambda: fn(params, batch, jax.random.key(1), {})  # noqa: E731
     jax.block_until_ready(call())  # compile
     times = []

@@ -27,19 +27,17 @@ def _project(x_btd, w_gate_df, w_up_df):
     return gate_btf, up_btf
 
 
-@jax.custom_vjp
-def swiglu(x_btd, w_gate_df, w_up_df, w_down_fd):
-    """FFN(x) = (silu(x W_gate) * x W_up) W_down, in the dtype of its inputs."""
-    gate_btf, up_btf = _project(x_btd, w_gate_df, w_up_df)
-    h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, HIDDEN_AXES)
-    return jnp.einsum("btf,fd->btd", h_btf, w_down_fd)
-
-
 def _forward(x_btd, w_gate_df, w_up_df, w_down_fd):
     gate_btf, up_btf = _project(x_btd, w_gate_df, w_up_df)
     h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, HIDDEN_AXES)
     out_btd = jnp.einsum("btf,fd->btd", h_btf, w_down_fd)
     return out_btd, (x_btd, gate_btf, up_btf, w_gate_df, w_up_df, w_down_fd)
+
+
+@jax.custom_vjp
+def swiglu(x_btd, w_gate_df, w_up_df, w_down_fd):
+    """FFN(x) = (silu(x W_gate) * x W_up) W_down, in the dtype of its inputs."""
+    return _forward(x_btd, w_gate_df, w_up_df, w_down_fd)[0]
 
 
 def _backward(residuals, dout_btd):
