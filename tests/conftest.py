@@ -76,18 +76,16 @@ def lower_pretrain_step():
     import jax.numpy as jnp
 
     from kyx import sharding
-    from kyx.train import pretrain
+    from kyx.train import loop, pretrain
 
     def lower(cfg, step_fn, shardings, abstract, mesh, rules):
         b, t = cfg.data.batch_size, cfg.data.seq_len
-        batch_sh = {k: sharding.named_sharding(v, mesh, rules)
-                    for k, v in pretrain.BATCH_AXES.items()}
+        batch_sh = loop.batch_shardings(pretrain.BATCH_AXES, mesh, rules)
         batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "loss_mask" else jnp.int32,
                                          sharding=batch_sh[k]) for k in batch_sh}
         target = sharding.with_shardings(abstract, shardings)
-        with sharding.use_mesh(mesh, rules):
-            return jax.jit(step_fn, in_shardings=(shardings, batch_sh, None),
-                           out_shardings=(shardings, None)).lower(
+        with sharding.use_mesh(mesh, rules):   # the step as the training loop jits it
+            return loop.jit_step(step_fn, shardings, batch_sh).lower(
                 target, batch, jax.random.key(0)).as_text()
     return lower
 

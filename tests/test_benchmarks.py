@@ -2,7 +2,9 @@
 their numbers are measured by hand (docs/benchmarks.md), not asserted here."""
 import importlib.util
 import json
+import math
 import os
+import sys
 
 import pytest
 
@@ -13,6 +15,7 @@ def _script(name):
     spec = importlib.util.spec_from_file_location(
         f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -53,3 +56,88 @@ def test_peer_torch_step_runs(capsys):
     row = _lines(capsys)[0]
     assert row["bench"] == "peer_torch" and row["params"] == 1442432   # kyx's tiny dims
     assert row["tokens_per_s"] > 0 and row["batch"] * row["seq_len"] == 16 * 128
+
+
+def test_memory_reports_sharded_state_and_compiled_bytes(capsys):
+    """tiny on the 8-device mesh, all on fsdp: the sharded state is 1/8 per device under
+    `fsdp` and whole under `dp`, and XLA's argument bytes are exactly params + optimizer
+    state + batch + step counter and RNG key."""
+    memory = _script("memory")
+    for rules in ("fsdp", "dp"):
+        assert memory.main(["--configs", "pretrain.py:tiny", "--mesh", "fsdp=8",
+                            "--rules", rules]) == 0
+    fsdp, dp = _lines(capsys)
+    for row in (fsdp, dp):
+        assert row["bench"] == "memory" and row["devices"] == 8
+        assert row["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "expert": 1}
+        assert row["params_bytes_total"] == 4 * row["params"] == 4 * 1442432   # float32
+        assert row["argument_bytes"] == (row["params_bytes_per_device"]
+                                         + row["opt_state_bytes_per_device"]
+                                         + row["batch_bytes_per_device"] + 4 + 8)
+        assert row["temp_bytes"] > 0 and row["compile_s"] > 0
+        assert row["alias_bytes"] >= row["params_bytes_per_device"]   # donated state
+        assert row["total_bytes"] == (row["argument_bytes"] + row["output_bytes"]
+                                      - row["alias_bytes"] + row["temp_bytes"]
+                                      + row["generated_code_bytes"])
+    assert (fsdp["rules"], dp["rules"]) == ("fsdp", "dp")
+    assert fsdp["params_bytes_per_device"] * 8 == fsdp["params_bytes_total"]
+    assert dp["params_bytes_per_device"] == dp["params_bytes_total"]
+    counts = dp["opt_state_bytes_per_device"] - 2 * dp["params_bytes_total"]  # beside m, v
+    assert 0 < counts <= 16 and counts % 4 == 0                                 # int32 counts
+    assert fsdp["batch_bytes_per_device"] == dp["batch_bytes_per_device"] == 16 * 128 * 4 * 5 // 8
+
+
+def test_memory_flags_are_checked():
+    from kyx.errors import ConfigError
+
+    train_step = _script("train_step")
+    assert train_step.mesh_overrides("data=2,fsdp=4") == [
+        "mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1", "mesh.expert=1"]
+    for bad in ("data2", "model=8", "fsdp=x"):
+        with pytest.raises(ConfigError, match="mesh"):
+            train_step.mesh_overrides(bad)
+
+
+def test_fit_mesh_keeps_the_preset_axes_the_devices_allow():
+    fit = _script("train_step").fit_mesh
+    moe = {"data": 1, "fsdp": -1, "tensor": 1, "expert": 8}
+    assert fit(moe, 8) == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 8}
+    assert fit(moe, 4) == {"data": 1, "fsdp": 1, "tensor": 1, "expert": 4}
+    assert fit(moe, 32) == {"data": 1, "fsdp": 4, "tensor": 1, "expert": 8}
+    assert fit({"data": -1, "fsdp": 1, "tensor": 1, "expert": 1}, 1)["data"] == 1
+    assert fit({"data": 2, "fsdp": 1, "tensor": 1, "expert": 1}, 8) == {
+        "data": 2, "fsdp": 4, "tensor": 1, "expert": 1}   # no -1 axis: the rest on fsdp
+
+
+def test_accelerator_cpu_form_runs_the_train_step(capsys):
+    """On CPU the 1b preset runs scaled down on the 8 simulated devices (its fsdp mesh),
+    through the real step, with MFU against the measured matmul peak."""
+    accelerator = _script("accelerator")
+    assert accelerator.main(["--steps", "2"]) == 0
+    (row,) = _lines(capsys)
+    assert row["bench"] == "accelerator" and row["config"] == "pretrain.py:1b"
+    assert row["scaled_down"] is True and "scaled-down" in row["note"]
+    assert row["device_kind"] == "cpu" and row["device_count"] == 8
+    assert row["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "expert": 1}
+    assert row["batch"] == 8 and row["seq_len"] == 128 and row["dtype"] == "bfloat16"
+    assert row["tokens_per_s"] > 0 and row["step_time_s"] > 0 and row["compile_s"] > 0
+    assert row["tokens_per_s_per_device"] * 8 == pytest.approx(row["tokens_per_s"])
+    assert row["mfu"] is None or 0 < row["mfu"] < 1
+    assert row["peak_memory_bytes"] > 0 and row["memory_source"]
+    assert abs(row["loss"] - math.log(1024)) < 0.5   # random tokens, fresh init
+
+
+@pytest.mark.parametrize("kind,chip", [
+    ("TPU v4", "TPU v4"), ("TPU v5 lite", "TPU v5e"), ("TPU v5e", "TPU v5e"),
+    ("TPU v5", "TPU v5p"), ("TPU v5p", "TPU v5p"), ("TPU v6 lite", "TPU v6e"),
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100-PCIE-40GB", "A100"),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "H200 SXM"), ("NVIDIA B200", "B200"),
+    ("TPU v4 lite", None), ("cpu", None), ("NVIDIA GeForce RTX 4090", None)])
+def test_datasheet_peak_matches_jax_device_kinds(kind, chip):
+    from kyx.telemetry import datasheet_peak
+
+    found = datasheet_peak(kind)
+    assert (found[0] if found else None) == chip
+    if found:
+        assert 1e14 < found[1] < 3e15

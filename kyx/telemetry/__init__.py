@@ -11,9 +11,11 @@
   profiler.py     train.profile_steps: a jax.profiler trace of a range of steps
   plot.py         the loss-curve PNG
   flops.py        measured matmul peak FLOP/s and MFU
+  peaks.py        datasheet bf16 peak FLOP/s of TPUs and NVIDIA GPUs by JAX device_kind
 """
 from kyx.telemetry.console import ConsoleSink, format_stats
 from kyx.telemetry.flops import matmul_peak_flops, mfu
+from kyx.telemetry.peaks import DATASHEET_PEAKS, datasheet_peak
 from kyx.telemetry.jsonl import (METRICS_FILE, append_line, read_jsonl, read_metrics,
                                  trim_rows)
 from kyx.telemetry.plot import plot_loss_curve
@@ -22,6 +24,7 @@ from kyx.telemetry.sink import Sink, SinkContext
 from kyx.telemetry.sinks import SINKS, selected
 from kyx.telemetry.writer import MetricsWriter, open_writer, writes_here
 
-__all__ = ["ConsoleSink", "format_stats", "matmul_peak_flops", "mfu", "METRICS_FILE",
+__all__ = ["ConsoleSink", "format_stats", "matmul_peak_flops", "mfu", "DATASHEET_PEAKS",
+           "datasheet_peak", "METRICS_FILE",
            "append_line", "read_jsonl", "read_metrics", "trim_rows", "plot_loss_curve", "StepProfiler", "parse_steps", "Sink",
            "SinkContext", "SINKS", "selected", "MetricsWriter", "open_writer", "writes_here"]

@@ -103,6 +103,19 @@ def run(trainer: Trainer, workdir: str) -> dict:
     return r.last
 
 
+def jit_step(step_fn, state_shardings, batch_shardings: dict):
+    """The jitted training step as the loop runs it: ``(state, batch, rng) -> (state,
+    metrics)`` with the state's and the batch's shardings in, the state's out, and the
+    state donated (updated in place). benchmarks/ lower and compile this same function."""
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def batch_shardings(axes: dict, mesh, rules) -> dict:
+    """{batch key: NamedSharding} of a trainer's ``batch_axes`` (logical names) on ``mesh``."""
+    return {k: sharding.named_sharding(v, mesh, rules) for k, v in axes.items()}
+
+
 def _resumed_run(trainer: Trainer, workdir: str) -> "Run":
     """A set-up Run whose restored checkpoint (if any) has passed its digest check.
 
@@ -183,9 +196,7 @@ class Run:
         self.batch_shardings = self.shardings_of(trainer.batch_axes)
         self.rollout_shardings = (self.shardings_of(trainer.rollout_axes)
                                   if trainer.rollout is not None else None)
-        self.step_fn = jax.jit(trainer.step_fn,
-                               in_shardings=(self.shardings, self.batch_shardings, None),
-                               out_shardings=(self.shardings, None), donate_argnums=(0,))
+        self.step_fn = jit_step(trainer.step_fn, self.shardings, self.batch_shardings)
         self._first_batch = None
         self.eval_fn = None
         if trainer.eval_fn is not None:
@@ -211,7 +222,7 @@ class Run:
 
     # ------------------------------------------------------------------ step inputs
     def shardings_of(self, axes: dict) -> dict:
-        return {k: sharding.named_sharding(v, self.mesh, self.rules) for k, v in axes.items()}
+        return batch_shardings(axes, self.mesh, self.rules)
 
     def global_batch(self, batch: dict, shardings: dict | None = None) -> dict:
         """Process-local numpy rows -> global jax Arrays laid out on the mesh."""
