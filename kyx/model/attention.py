@@ -1,9 +1,10 @@
 """Multi-head attention with MHA / GQA / MQA, RoPE or ALiBi, document masks and a KV cache.
 
-Two masking modes share one kernel:
+Two masking modes (the softmax math lives in kyx/model/attention_kernels.py):
 * training / full forward: key j is visible to query i when j <= i (index in the row)
   and both tokens belong to the same document (`segment_ids`), so packed documents
-  never attend to each other;
+  never attend to each other; computed by the kernel `impl` names (``chunked`` by
+  default: query blocks that skip most of the masked upper triangle);
 * cached decoding: keys live in cache slots indexed by position; a query at position p
   sees slots 0..p of its own row (one sequence per row).
 
@@ -13,7 +14,6 @@ one (``lax.cond``, so QK^T is really skipped) and applies its own V and O to it.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from kyx import axes as ax
+from kyx.model.attention_kernels import (KERNELS, alibi_bias, alibi_slopes, attend_values,
+                                         attention_probs, document_mask, dot_product_attention)
 from kyx.model.layers import param_with_axes
 from kyx.sharding import constrain
-
-NEG_INF = -1e30  # finite so fully masked rows (padding) give uniform, not NaN, weights
 
 
 # ----------------------------------------------------------------------------- positions
@@ -65,27 +65,7 @@ def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
     return out.astype(x_bthd.dtype)
 
 
-def alibi_slopes(num_heads: int) -> np.ndarray:
-    """ALiBi head slopes (Press et al.): geometric 2^(-8i/n); non-powers of two interleave."""
-    def power_of_two(n):
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-    closest = 2 ** int(math.floor(math.log2(num_heads)))
-    slopes = power_of_two(closest)
-    if closest < num_heads:
-        slopes += power_of_two(2 * closest)[0::2][: num_heads - closest]
-    return np.asarray(slopes, dtype=np.float32)
-
-
 # ----------------------------------------------------------------------------- masks
-
-def document_mask(segment_ids_bt: jax.Array) -> jax.Array:
-    """[B, 1, T, T] boolean: causal within the row and within the same document."""
-    t = segment_ids_bt.shape[1]
-    causal_tt = jnp.tril(jnp.ones((t, t), dtype=bool))
-    same_btt = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-    return (causal_tt[None] & same_btt)[:, None]
-
 
 def cache_mask(q_positions_bt: jax.Array, cache_len: int) -> jax.Array:
     """[B, 1, T, S] boolean: a query at position p sees cache slots 0..p."""
@@ -111,6 +91,8 @@ class Attention(nn.Module):
     init_std: float = 0.02
     dtype: Any = jnp.float32
     qkv_bias: bool = False
+    impl: str = "chunked"          # training-path kernel (kyx/model/attention_kernels.py)
+    chunks: int = 8                # query blocks of the "chunked" kernel
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
@@ -154,12 +136,10 @@ class Attention(nn.Module):
                 k_btkd = apply_rope(k_btkd, positions_bt, inv_freq)
             return q_bthd, k_btkd
 
+        slopes_h = alibi_slopes(h) if self.position == "alibi" else None
+
         def bias(kv_pos_bs):
-            if self.position != "alibi":
-                return None
-            slopes_h = jnp.asarray(alibi_slopes(h))
-            rel_bts = (kv_pos_bs[:, None, :] - positions_bt[:, :, None]).astype(jnp.float32)
-            return slopes_h[None, :, None, None] * rel_bts[:, None]          # [B, H, T, S]
+            return alibi_bias(slopes_h, positions_bt, kv_pos_bs)
 
         if prev_probs is not None:
             if cache is not None:
@@ -176,48 +156,20 @@ class Attention(nn.Module):
 
         q_bthd, k_btkd = project_qk()
         if cache is None:
-            keys, values, kv_pos_bs = k_btkd, v_btkd, positions_bt
-            mask = document_mask(segment_ids_bt)
-            new_cache = None
-        else:
-            start_b = positions_bt[:, 0]
-            keys = write_cache(cache["k"], k_btkd, start_b)
-            values = write_cache(cache["v"], v_btkd, start_b)
-            new_cache = {"k": keys, "v": values}
-            s = keys.shape[1]
-            kv_pos_bs = jnp.broadcast_to(jnp.arange(s)[None], (keys.shape[0], s))
-            mask = cache_mask(positions_bt, s)
+            out_bthd = KERNELS.get(self.impl)(q_bthd, k_btkd, v_btkd, segment_ids_bt,
+                                              positions_bt, slopes_h, self.chunks)
+            return self._out(out_bthd, wo), None, None
+        start_b = positions_bt[:, 0]
+        keys = write_cache(cache["k"], k_btkd, start_b)
+        values = write_cache(cache["v"], v_btkd, start_b)
+        s = keys.shape[1]
+        kv_pos_bs = jnp.broadcast_to(jnp.arange(s)[None], (keys.shape[0], s))
         out_bthd = dot_product_attention(q_bthd, keys.astype(self.dtype),
-                                         values.astype(self.dtype), mask, bias(kv_pos_bs))
-        return self._out(out_bthd, wo), new_cache, None
+                                         values.astype(self.dtype),
+                                         cache_mask(positions_bt, s), bias(kv_pos_bs))
+        return self._out(out_bthd, wo), {"k": keys, "v": values}, None
 
     def _out(self, out_bthd, wo):
         out_bthd = constrain(out_bthd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_HEADS, None))
         out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo.astype(self.dtype))
         return constrain(out_btd, ax.BTD)
-
-
-def attention_probs(q_bthd, k_bskd, mask_b1ts, bias_bhts=None):
-    """Softmax(QK^T / sqrt(d) + bias) in float32, grouped as [B, kv_heads, group, T, S]."""
-    b, t, h, d = q_bthd.shape
-    kv = k_bskd.shape[2]
-    g = h // kv
-    q_btkgd = q_bthd.reshape(b, t, kv, g, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd,
-                        preferred_element_type=jnp.float32) / np.sqrt(d).astype(np.float32)
-    if bias_bhts is not None:
-        scores = scores + bias_bhts.reshape(b, kv, g, t, -1)
-    scores = jnp.where(mask_b1ts[:, :, None], scores, NEG_INF)
-    return jax.nn.softmax(scores, axis=-1)
-
-
-def attend_values(probs_bkgts, v_bskd):
-    """Weighted sum of values: [B, kv, g, T, S] x [B, S, kv, D] -> [B, T, kv * g, D]."""
-    b, kv, g, t, _ = probs_bkgts.shape
-    out_btkgd = jnp.einsum("bkgts,bskd->btkgd", probs_bkgts.astype(v_bskd.dtype), v_bskd)
-    return out_btkgd.reshape(b, t, kv * g, v_bskd.shape[-1])
-
-
-def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
-    """Softmax attention with grouped KV heads; scores and softmax in float32."""
-    return attend_values(attention_probs(q_bthd, k_bskd, mask_b1ts, bias_bhts), v_bskd)

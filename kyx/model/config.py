@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kyx.errors import ConfigError
+from kyx.model.attention_kernels import KERNELS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,6 +46,11 @@ class ModelConfig:
     # fully unrolled (no per-layer stacking of activations; faster on CPU, longer compile).
     # Parameters keep their stacked [layers, ...] layout either way (checkpoints compatible).
     scan_unroll: int = 1
+    # Full-sequence attention kernel (kyx/model/attention_kernels.py): "chunked" (query blocks
+    # that skip the masked upper triangle), "dense" (one [T, T] matrix), "jax"
+    # (jax.nn.dot_product_attention: cuDNN fused attention on GPUs).
+    attention_impl: str = "chunked"
+    attention_chunks: int = 8      # query blocks of "chunked" (1 = dense)
 
     # HunYuan attention-weight reuse (docs/moe.md): training-time probability that a layer
     # reuses the previous layer's attention probabilities (needs the 'reuse' rng stream).
@@ -130,6 +136,10 @@ class ModelConfig:
         if self.scan_unroll < 1:
             raise ConfigError(f"model.scan_unroll must be >= 1 (1 = loop over layers, "
                               f"num_layers = unrolled), got {self.scan_unroll}")
+        KERNELS.get(self.attention_impl)   # ConfigError naming the choices
+        if self.attention_chunks < 1:
+            raise ConfigError(f"model.attention_chunks must be >= 1 (1 = one dense block), "
+                              f"got {self.attention_chunks}")
         if not 0.0 <= self.attn_reuse_prob <= 1.0:
             raise ConfigError(
                 f"model.attn_reuse_prob must be in [0, 1], got {self.attn_reuse_prob}")

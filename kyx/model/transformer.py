@@ -40,7 +40,8 @@ class Block(nn.Module):
         cache, reuse = xs
         h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x_btd)
         attn = Attention(cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.position,
-                         cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, name="attn")
+                         cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, cfg.attention_impl,
+                         cfg.attention_chunks, name="attn")
         out, new_cache, probs = attn(h, segment_ids_bt, positions_bt, cache,
                                      prev_probs=prev_probs, reuse=reuse)
         x_btd = x_btd + out
