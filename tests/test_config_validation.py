@@ -56,6 +56,10 @@ CASES = [
     ("pretrain", "mesh.rules=bogus", "dp, fsdp, fsdp_tp"),
     ("pretrain", "mesh.data=0", "-1"),
     ("pretrain", "model.dtype=bogus", "bfloat16"),
+    ("pretrain", "model.param_dtype=bf16", "float32, bfloat16, float16 (did you mean bfloat16?)"),
+    ("pretrain", "optim.state_dtype=float16", "'' (empty), float32, bfloat16"),
+    ("pretrain", "model.param_dtype=float16", "second moment underflows"),
+    ("ppo", "value_optim.state_dtype=fp32", "float32, bfloat16"),
     ("pretrain", "model.remat=bogus", "dots_no_batch"),
     ("pretrain", "model.d_model=0", ">= 1"),
     ("pretrain", "optim.schedule=bogus", "cosine, linear, constant"),
@@ -110,6 +114,11 @@ def test_every_problem_is_reported_at_once():
                 "checkpoint.every", "data.seq_len"):
         assert key in text, text
     assert "6 problems" in text
+
+
+def test_bf16_weights_with_float32_moments_are_valid():
+    validation.validate(_load("pretrain", ["model.param_dtype=bfloat16",
+                                           "optim.state_dtype=float32"]))
 
 
 def test_every_zero_means_only_at_the_end():
@@ -174,7 +183,9 @@ def no_setup(monkeypatch):
     (["loss.name=bogus"], ["loss.name", "ce, mile"]),
     (["train.nan_policy=bogus", "optim.lr=-1"], ["train.nan_policy", "skip, stop", "optim.lr"]),
     (["data.seq_len=256"], ["data.seq_len", "model.max_seq_len = 128"]),
-], ids=["steps0", "every", "loss", "nan_lr", "seq_len"])
+    (["model.param_dtype=bf16", "optim.state_dtype=f32"],
+     ["model.param_dtype", "float32, bfloat16, float16", "optim.state_dtype"]),
+], ids=["steps0", "every", "loss", "nan_lr", "seq_len", "dtypes"])
 def test_cli_train_rejects_before_setup(overrides, keys, tmp_path, capsys, no_setup):
     workdir = tmp_path / "run"
     code = cli_main(["train", "--config", _path("pretrain") + ":tiny", "--workdir", str(workdir),

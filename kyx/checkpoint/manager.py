@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -51,6 +52,20 @@ def _backbone_only(stored, abstract) -> bool:
     value-head model (a reward model, or a PPO policy with a value head)."""
     return (isinstance(stored, dict) and "backbone" in stored and "value_kernel" in stored
             and isinstance(abstract, dict) and "backbone" not in abstract)
+
+
+def _stored_dtypes(abstract, stored):
+    """``abstract`` (ShapeDtypeStructs with shardings) with each leaf's dtype replaced by
+    the one its checkpoint metadata ``stored`` records (leaves it does not record kept)."""
+    def leaf(path, a):
+        node = stored
+        for key in path:
+            node = node.get(getattr(key, "key", None)) if isinstance(node, dict) else None
+        dtype = getattr(node, "dtype", None)
+        if dtype is None or dtype == a.dtype:
+            return a
+        return jax.ShapeDtypeStruct(a.shape, dtype, sharding=a.sharding)
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 class Checkpointer:
@@ -147,7 +162,11 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params, name: str | None = None) -> Any:
         """Restore one model's params (for ``init_from`` / ``kyx.load``); ``name`` None:
         ``default_model`` of what the checkpoint holds. Decoder params asked of a
-        value-head model (``backbone`` + ``value_kernel``) come from its backbone."""
+        value-head model (``backbone`` + ``value_kernel``) come from its backbone. They
+        are read in the dtypes they were saved in (so that their digests verify) and
+        returned in ``abstract_params``' dtypes (e.g. a float32 run's weights for a
+        bfloat16 model)."""
+        wanted = abstract_params
         tree = self.state_tree(step)
         if "models" in tree:
             name = name or default_model(tree["models"])
@@ -156,10 +175,13 @@ class Checkpointer:
                                       f"model {name!r}; it has {sorted(tree['models'])}")
             stored = tree["models"][name]["params"]
             sub = _backbone_only(stored, abstract_params)
+            abstract_params = _stored_dtypes(abstract_params,
+                                             stored["backbone"] if sub else stored)
             target = {"models": {name: {"params": {"backbone": abstract_params} if sub
                                         else abstract_params}}}
         else:  # the single-model layout of earlier kyx versions
             sub = False
+            abstract_params = _stored_dtypes(abstract_params, tree.get("params", {}))
             target = {"params": abstract_params}
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
@@ -175,7 +197,9 @@ class Checkpointer:
         if stored is not None:
             digest_lib.verify_arrays(stored, state, self.step_dir(step))
         params = state["models"][name]["params"] if "models" in state else state["params"]
-        return params["backbone"] if sub else params
+        params = params["backbone"] if sub else params
+        return jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype),
+                            params, wanted)
 
     def save_params(self, step: int, params, config: dict, name: str = DEFAULT_MODEL) -> None:
         """A params-only checkpoint (converted or upcycled models; read by ``init_from``)."""

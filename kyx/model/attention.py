@@ -93,6 +93,7 @@ class Attention(nn.Module):
     qkv_bias: bool = False
     impl: str = "chunked"          # training-path kernel (kyx/model/attention_kernels.py)
     chunks: int = 8                # query blocks of the "chunked" kernel
+    param_dtype: Any = jnp.float32    # storage dtype of wq/wk/wv/wo (and biases)
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,

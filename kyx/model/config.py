@@ -40,7 +40,10 @@ class ModelConfig:
     norm_head: bool = False        # Baichuan 2 NormHead: L2-normalise each vocab row of the head
     tie_embeddings: bool = False
     init_std: float = 0.02
-    dtype: str = "float32"         # compute dtype; params are always float32
+    dtype: str = "float32"         # compute dtype: matmuls and activations (norms, softmax: f32)
+    # storage dtype of the parameters: created, updated and checkpointed in it, cast to
+    # `dtype` at use (docs/architecture.md, "Mixed precision")
+    param_dtype: str = "float32"
     remat: str = "none"            # "none" | "full" | "dots" | "dots_no_batch"
     # layers per iteration of the layer scan: 1 = a loop (smallest program), num_layers =
     # fully unrolled (no per-layer stacking of activations; faster on CPU, longer compile).
@@ -112,7 +115,16 @@ class ModelConfig:
     def compute_dtype(self) -> Any:
         return jnp.dtype(self.dtype)
 
+    @property
+    def storage_dtype(self) -> Any:
+        """The dtype parameters are stored in (``param_dtype``)."""
+        return jnp.dtype(self.param_dtype)
+
     def validate(self) -> "ModelConfig":
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ConfigError(f"model.{key} must be one of {', '.join(DTYPES)}, got "
+                                  f"{getattr(self, key)!r}")
         if self.num_heads % self.kv_heads:
             raise ConfigError(
                 f"model.num_heads={self.num_heads} must be a multiple of "
@@ -183,6 +195,7 @@ class ModelConfig:
         return cls(**d).validate()
 
 
+DTYPES = ("float32", "bfloat16", "float16")   # model.dtype and model.param_dtype
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 MOE_DISPATCH = ("capacity", "dropless")
 MOE_ROUTER_INPUTS = ("hidden", "embedding")

@@ -1,7 +1,8 @@
 """Building blocks: RMSNorm, embeddings, SwiGLU MLP and the output head (incl. NormHead).
 
-Every parameter is created with logical axis names (see kyx/sharding.py); parameters are
-float32 and are cast to the compute dtype at use; norms run in float32.
+Every parameter is created with logical axis names (see kyx/sharding.py) in its module's
+``param_dtype`` (``model.param_dtype``, float32 by default) and cast to the compute dtype
+(``model.dtype``) at use; norms run in float32 whatever their scale is stored in.
 """
 from __future__ import annotations
 
@@ -18,15 +19,23 @@ from kyx.sharding import constrain
 
 def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
                     axes: Sequence[str]) -> jax.Array:
-    """A float32 parameter annotated with logical axis names."""
-    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
-                        jnp.float32)
+    """A parameter annotated with logical axis names, stored in ``module.param_dtype``.
+
+    The initial value is drawn in float32 and then rounded, so a 16-bit model starts
+    from its float32 twin's weights (same seed) rounded to nearest."""
+    dtype = jnp.dtype(module.param_dtype)
+
+    def init_rounded(key, shape_, _dtype):
+        return init(key, shape_, jnp.float32).astype(dtype)
+    return module.param(name, nn.with_logical_partitioning(init_rounded, tuple(axes)),
+                        tuple(shape), dtype)
 
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm (no mean subtraction, no bias), computed in float32."""
     eps: float = 1e-6
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_btd: jax.Array) -> jax.Array:
@@ -34,7 +43,7 @@ class RMSNorm(nn.Module):
                                   (ax.EMBED,))
         x32 = x_btd.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * scale_d).astype(self.dtype)
+        return (x32 * scale_d.astype(jnp.float32)).astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -43,6 +52,7 @@ class Embed(nn.Module):
     d_model: int
     init_std: float
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     def setup(self):
         self.embedding = param_with_axes(
@@ -63,6 +73,7 @@ class SwiGLU(nn.Module):
     hidden_dim: int
     init_std: float
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_btd: jax.Array) -> jax.Array:
@@ -86,6 +97,7 @@ class OutputHead(nn.Module):
     init_std: float
     norm_head: bool = False
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_btd: jax.Array) -> jax.Array:

@@ -44,6 +44,7 @@ class Router(nn.Module):
     num_experts: int
     init_std: float
     jitter: float = 0.0
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, r_btd: jax.Array) -> jax.Array:
@@ -53,7 +54,8 @@ class Router(nn.Module):
         if self.jitter > 0 and self.has_rng("jitter"):
             r = r * jax.random.uniform(self.make_rng("jitter"), r.shape, jnp.float32,
                                        1.0 - self.jitter, 1.0 + self.jitter)
-        logits_bte = jnp.einsum("btd,de->bte", r, w_de, precision=jax.lax.Precision.HIGHEST)
+        logits_bte = jnp.einsum("btd,de->bte", r, w_de.astype(jnp.float32),
+                                precision=jax.lax.Precision.HIGHEST)
         return constrain(logits_bte, (ax.ACT_BATCH, ax.ACT_LENGTH, None))
 
 
@@ -104,11 +106,16 @@ class MoE(nn.Module):
     """Sparse FFN. ``__call__(x_btd, router_in_btd, valid_bt) -> (y_btd, stats)``."""
     cfg: ModelConfig
 
+    @property
+    def param_dtype(self):
+        return self.cfg.storage_dtype
+
     @nn.compact
     def __call__(self, x_btd: jax.Array, router_in_btd: jax.Array, valid_bt: jax.Array):
         cfg, dtype = self.cfg, self.cfg.compute_dtype
         e, k, d, f = cfg.moe_num_experts, cfg.moe_top_k, x_btd.shape[-1], cfg.expert_dim
-        logits_bte = Router(e, cfg.init_std, cfg.moe_router_jitter, name="router")(router_in_btd)
+        logits_bte = Router(e, cfg.init_std, cfg.moe_router_jitter, cfg.storage_dtype,
+                            name="router")(router_in_btd)
         logits_bte = self.perturb("router_logits", logits_bte)  # d loss / d logits, on request
         probs_bte = jax.nn.softmax(logits_bte, axis=-1)
         idx_btk = top_k_indices(probs_bte, k)
@@ -134,7 +141,7 @@ class MoE(nn.Module):
             y_btd = combine_fn(logits_bte, payload, consts)[0]
         if cfg.moe_shared_experts:
             y_btd = y_btd + SwiGLU(cfg.moe_shared_experts * f, cfg.init_std, dtype,
-                                   name="shared")(x_btd)
+                                   cfg.storage_dtype, name="shared")(x_btd)
         y_btd = constrain(y_btd.astype(dtype), ax.BTD)
         return y_btd, self._stats(logits_bte, probs_bte, idx_btk, routed_btk, valid_bt)
 

@@ -26,11 +26,16 @@ def _value_head(module: nn.Module, hidden_btd):
     h_btd = hidden_btd.astype(jnp.float32)
     w_d = param_with_axes(module, "value_kernel", nn.initializers.normal(module.cfg.init_std),
                           (h_btd.shape[-1],), (ax.EMBED,))
-    return jnp.einsum("btd,d->bt", h_btd, w_d, precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("btd,d->bt", h_btd, w_d.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
 
 
 class RewardModel(nn.Module):
     cfg: ModelConfig
+
+    @property
+    def param_dtype(self):
+        return self.cfg.storage_dtype
 
     @nn.compact
     def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None):
@@ -44,6 +49,10 @@ class PolicyWithValue(nn.Module):
     cache included, so it generates like one) with ``aux["values_bt"]`` added; the params
     have the RewardModel layout (``backbone`` + ``value_kernel``)."""
     cfg: ModelConfig
+
+    @property
+    def param_dtype(self):
+        return self.cfg.storage_dtype
 
     @nn.compact
     def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None):

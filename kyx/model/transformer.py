@@ -35,23 +35,23 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, carry, xs, segment_ids_bt, positions_bt, router_in_btd):
-        cfg, dtype = self.cfg, self.cfg.compute_dtype
+        cfg, dtype, pdtype = self.cfg, self.cfg.compute_dtype, self.cfg.storage_dtype
         x_btd, prev_probs = carry
         cache, reuse = xs
-        h = RMSNorm(cfg.norm_eps, dtype, name="attn_norm")(x_btd)
+        h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attn_norm")(x_btd)
         attn = Attention(cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.position,
                          cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, cfg.attention_impl,
-                         cfg.attention_chunks, name="attn")
+                         cfg.attention_chunks, param_dtype=pdtype, name="attn")
         out, new_cache, probs = attn(h, segment_ids_bt, positions_bt, cache,
                                      prev_probs=prev_probs, reuse=reuse)
         x_btd = x_btd + out
-        h = RMSNorm(cfg.norm_eps, dtype, name="mlp_norm")(x_btd)
+        h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="mlp_norm")(x_btd)
         stats = None
         if self.sparse:
             router_in = h if router_in_btd is None else router_in_btd
             y, stats = MoE(cfg, name="moe")(h, router_in, segment_ids_bt > 0)
         else:
-            y = SwiGLU(cfg.hidden_dim, cfg.init_std, dtype, name="mlp")(h)
+            y = SwiGLU(cfg.hidden_dim, cfg.init_std, dtype, pdtype, name="mlp")(h)
         x_btd = constrain(x_btd + y, ax.BTD)
         return (x_btd, probs), (new_cache, stats)
 
@@ -134,8 +134,9 @@ class Decoder(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        dtype = cfg.compute_dtype
-        self.embed = dequantizing(Embed)(cfg.vocab_size, cfg.d_model, cfg.init_std, dtype)
+        dtype, pdtype = cfg.compute_dtype, cfg.storage_dtype
+        self.embed = dequantizing(Embed)(cfg.vocab_size, cfg.d_model, cfg.init_std, dtype,
+                                         pdtype)
         if not cfg.is_moe:
             self.layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.num_layers, "layers")
         else:
@@ -143,10 +144,10 @@ class Decoder(nn.Module):
                 self.dense_layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.moe_first_dense,
                                           "dense_layers")
             self.moe_layers = _scan(SuperBlock, cfg, self.num_super_blocks, "moe_layers")
-        self.final_norm = RMSNorm(cfg.norm_eps, dtype)
+        self.final_norm = RMSNorm(cfg.norm_eps, dtype, pdtype)
         if not cfg.tie_embeddings:
             self.head = dequantizing(OutputHead)(cfg.vocab_size, cfg.init_std, cfg.norm_head,
-                                                 dtype)
+                                                 dtype, pdtype)
 
     @property
     def num_super_blocks(self) -> int:

@@ -70,7 +70,8 @@ def upcycle_params(dense_params, dense: ModelConfig, moe: ModelConfig, key: jax.
     Expert e of MoE layer l gets the dense FFN of layer l, perturbed by ``noise`` S:
     multiplicative ``w * (1 + S * n)`` or additive ``w + S * std(w) * n``, n ~ N(0, 1)
     drawn independently per layer, weight and expert from `key`. The router kernel is
-    N(0, router_std^2) (``None``: ``moe.init_std``; 0: zeros, uniform routing).
+    N(0, router_std^2) (``None``: ``moe.init_std``; 0: zeros, uniform routing). Every
+    param is returned in ``moe.param_dtype``.
     """
     if noise_type not in NOISE_TYPES:
         raise ConfigError(f"noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
@@ -96,7 +97,8 @@ def upcycle_params(dense_params, dense: ModelConfig, moe: ModelConfig, key: jax.
         sparse.append(layer)
     group["sparse"] = stack(sparse)
     out["moe_layers"] = group
-    return out
+    # the new router and experts are computed in float32; stored as the MoE model stores
+    return jax.tree.map(lambda x: jnp.asarray(x, moe.storage_dtype), out)
 
 
 def _expert_layer(ffn, cfg: ModelConfig, key, noise, noise_type, router_std):

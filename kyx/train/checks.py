@@ -68,7 +68,8 @@ def one_of(choices: Iterable | Callable[[], Iterable]) -> Check:
             return None
         close = difflib.get_close_matches(str(value), [str(n) for n in names], n=2, cutoff=0.6)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        return f"must be one of {', '.join(map(str, names))}{hint}"
+        shown = ", ".join("'' (empty)" if n == "" else str(n) for n in names)
+        return f"must be one of {shown}{hint}"
     return check
 
 

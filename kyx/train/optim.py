@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine/linear/constant schedules, masked weight decay, clipping."""
+"""AdamW with warmup + cosine/linear/constant schedules, masked weight decay, clipping;
+moments stored in ``state_dtype`` (kyx/train/precision.py)."""
 from __future__ import annotations
 
 import jax
@@ -6,6 +7,7 @@ import ml_collections
 import optax
 
 from kyx.errors import ConfigError
+from kyx.train.precision import scale_by_adam_stored
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -22,6 +24,9 @@ def default_config() -> ml_collections.ConfigDict:
         "weight_decay": 0.1,     # not applied to norms and biases (1-D params)
         "clip_norm": 1.0,        # global-norm clip; 0 disables
         "grad_accum": 1,         # micro-batches per optimizer step
+        # dtype Adam's moments are stored in: "" (the params' dtype) | float32 | bfloat16;
+        # the update itself is computed in float32 (kyx/train/precision.py)
+        "state_dtype": "",
     })
 
 
@@ -51,6 +56,10 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    # optax.adamw's chain with its Adam step replaced (the same state tree as adamw's:
+    # checkpoints of earlier runs resume)
+    parts.append(optax.chain(
+        scale_by_adam_stored(cfg.b1, cfg.b2, cfg.eps, cfg.state_dtype),
+        optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+        optax.scale_by_learning_rate(schedule)))
     return optax.chain(*parts), schedule

@@ -114,8 +114,9 @@ def model_init_key(seed: int, index: int) -> jax.Array:
 def create(specs: Specs, mesh: Mesh, rules, seed: int, stats: Mapping | None = None
            ) -> TrainState:
     """Initialise every model (its ``init`` or a seeded fresh init) and its optimizer
-    state, and the ``stats``, placed with their shardings."""
-    shard, _ = state_shardings(specs, mesh, rules, stats)
+    state, and the ``stats``, placed with their shardings. Params from an ``init`` (e.g.
+    a float32 source of ``init_from``) are stored in the module's ``param_dtype``."""
+    shard, abstract = state_shardings(specs, mesh, rules, stats)
     _, step_key = init_keys(seed)
     placed: set[int] = set()
     models = {}
@@ -127,7 +128,8 @@ def create(specs: Specs, mesh: Mesh, rules, seed: int, stats: Mapping | None = N
                     m.init(k, jnp.zeros((1, 8), jnp.int32))["params"]), out_shardings=p_shard)
                 params = init(model_init_key(seed, index))
             else:
-                params = _place(spec.init(), p_shard, placed)
+                params = _place(spec.init(), p_shard, placed,
+                                abstract.models[name].params)
             placed.update(id(x) for x in jax.tree.leaves(params))
             opt_state = None
             if spec.trainable:
@@ -139,12 +141,15 @@ def create(specs: Specs, mesh: Mesh, rules, seed: int, stats: Mapping | None = N
                       stats=jax.device_put(_stats(stats), shard.stats))
 
 
-def _place(params, shardings, placed: set[int]):
-    """``params`` on ``shardings``; a fresh copy when another model already holds these
-    buffers (the donated state must not alias itself)."""
-    if not any(id(x) in placed for x in jax.tree.leaves(params)):
+def _place(params, shardings, placed: set[int], abstract):
+    """``params`` on ``shardings`` in the dtypes of ``abstract``; a fresh copy when another
+    model already holds these buffers (the donated state must not alias itself)."""
+    same_dtypes = all(x.dtype == a.dtype for x, a in
+                      zip(jax.tree.leaves(params), jax.tree.leaves(abstract)))
+    if same_dtypes and not any(id(x) in placed for x in jax.tree.leaves(params)):
         return jax.device_put(params, shardings)
-    return jax.jit(lambda p: jax.tree.map(lambda x: x + 0, p), out_shardings=shardings)(params)
+    return jax.jit(lambda p: jax.tree.map(lambda x, a: (x + 0).astype(a.dtype), p, abstract),
+                   out_shardings=shardings)(params)
 
 
 def trainable(state_or_specs) -> list[str]:

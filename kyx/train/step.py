@@ -22,6 +22,7 @@ import optax
 from kyx.model.moe import zero_probes
 from kyx.objectives import moe as moe_objectives
 from kyx.train.forward import LossContext
+from kyx.train.precision import at_least_f32, upcast
 from kyx.train.state import ModelState, TrainState
 
 LossFn = Callable  # (params, batch, ctx: LossContext) -> (loss, metrics)
@@ -59,7 +60,7 @@ def make_grad_fn(module, loss_fn: LossFn):
 
 def compute_grads(grad_fn, params, batch, rng, others, grad_accum: int = 1):
     """((loss, metrics), grads), averaged over ``grad_accum`` micro-batches (micro-batch i
-    uses ``fold_in(rng, i)``)."""
+    uses ``fold_in(rng, i)``); 16-bit params' gradients are summed in float32."""
     if grad_accum == 1:
         return grad_fn(params, batch, rng, others)
     micro = split_microbatches(batch, grad_accum)
@@ -71,7 +72,8 @@ def compute_grads(grad_fn, params, batch, rng, others, grad_accum: int = 1):
 
     shapes = jax.eval_shape(
         lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, others))
-    zeros = jax.tree.map(jnp.zeros_like, (shapes[0][0], shapes[0][1], shapes[1]))
+    zeros = jax.tree.map(lambda s: jnp.zeros_like(s, at_least_f32(s.dtype)),
+                         (shapes[0][0], shapes[0][1], shapes[1]))
     (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
     loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, (loss, metrics, grads))
     return (loss, metrics), grads
@@ -83,7 +85,9 @@ def apply_update(model: ModelState, grads, loss, tx: optax.GradientTransformatio
     finite. Returns (new model state, metrics): ``skipped`` and the L2 norms (big_vision's
     names) of the gradient (``l2_grads``), of the update applied (``l2_updates``: 0 when
     skipped) and of the params after it (``l2_params``), each one scalar reduction inside
-    the jitted step (no host transfer until the loop logs them)."""
+    the jitted step (no host transfer until the loop logs them). Gradients of 16-bit
+    params are taken to float32 first (kyx/train/precision.py)."""
+    grads = upcast(grads)
     l2_grads = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
     updates, new_opt = tx.update(grads, model.opt_state, model.params)
@@ -92,7 +96,7 @@ def apply_update(model: ModelState, grads, loss, tx: optax.GradientTransformatio
     new = ModelState(keep(new_params, model.params), keep(new_opt, model.opt_state))
     return new, {"l2_grads": l2_grads,
                  "l2_updates": jnp.where(finite, optax.global_norm(updates), 0.0),
-                 "l2_params": optax.global_norm(new.params),
+                 "l2_params": optax.global_norm(upcast(new.params)),
                  "skipped": (~finite).astype(jnp.float32)}
 
 

@@ -31,13 +31,12 @@ from kyx.objectives import lm, preference, rl
 from kyx.scaling import FAMILIES
 from kyx.scaling.curves import KINDS as SCALING_KINDS
 from kyx.telemetry import SINKS, parse_steps, selected
-from kyx.train import optim
+from kyx.train import optim, precision
 from kyx.train.checks import (Check, boolean, each, every, integer, number, one_of,
                               parsed_by)
 from kyx.train.trainers import TRAINERS
 
 NAN_POLICIES = ("skip", "stop")          # read by kyx/train/loop.py
-DTYPES = ("float32", "bfloat16", "float16")
 RECORD_SOURCES = ("mined", "jsonl")      # kyx/data/preference_corpus.py
 CORPORA = ("stdlib", "text_files")       # kyx/data/corpus.py, plus 'tfds:<dataset>'
 WANDB_MODES = ("online", "offline", "disabled")  # or "": $WANDB_MODE, else online
@@ -180,6 +179,7 @@ for _opt in ("optim", "value_optim"):
     field(f"{_opt}.weight_decay", number(lo=0))
     field(f"{_opt}.clip_norm", number(lo=0))
     field(f"{_opt}.grad_accum", integer(lo=1))
+    field(f"{_opt}.state_dtype", one_of(precision.STATE_DTYPES))
 
 for _axis in sharding.MESH_AXES:
     field(f"mesh.{_axis}", _mesh_axis)
@@ -236,7 +236,8 @@ for _key in ("vocab_size", "d_model", "num_layers", "num_heads", "ffn_multiple",
 for _key in ("num_kv_heads", "head_dim", "ffn_dim", "moe_num_experts", "moe_ffn_dim",
              "moe_shared_experts", "moe_first_dense"):
     field(f"model.{_key}", integer(lo=0))
-field("model.dtype", one_of(DTYPES))
+field("model.dtype", one_of(model_config.DTYPES))
+field("model.param_dtype", one_of(model_config.DTYPES))
 field("model.remat", one_of(model_config.REMAT_POLICIES))
 field("model.moe_dispatch", one_of(model_config.MOE_DISPATCH))
 field("model.moe_router_input", one_of(model_config.MOE_ROUTER_INPUTS))
@@ -316,6 +317,18 @@ def _mixture_sources(cfg):
         yield "data.mixture", sorted(sources), "needs at least two sources (one corpus: data.name)"
     if cfg.data.get("sampling", "iid") != "iid":
         yield "data.sampling", cfg.data.sampling, "must be 'iid' with a data.mixture"
+
+
+@rule()
+def _moments_not_float16(cfg):
+    """optim.state_dtype "" stores Adam's moments like the params: not in float16."""
+    if not (_has(cfg, "model.param_dtype") and cfg.model.param_dtype == "float16"):
+        return
+    for opt in ("optim", "value_optim"):
+        if _has(cfg, f"{opt}.state_dtype") and cfg[opt].state_dtype == "":
+            yield (f"{opt}.state_dtype", "", "'' would store Adam's moments in float16 "
+                   "(model.param_dtype), where the second moment underflows; set it to "
+                   "float32 or bfloat16")
 
 
 @rule()

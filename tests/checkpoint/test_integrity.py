@@ -170,14 +170,19 @@ def test_second_run_on_a_locked_workdir_fails_and_a_killed_holder_does_not_block
     assert max(r["step"] for r in read_metrics(workdir)) == 9
 
 
+@pytest.mark.parametrize("override,says", [
+    ("model.d_model=64", "model.d_model: 32 in the checkpoint, 64 now"),
+    # a changed storage dtype (moments here) is a changed layout too, not "corrupted"
+    ("optim.state_dtype=bfloat16", "optim.state_dtype: '' in the checkpoint, 'bfloat16' now"),
+])
 def test_resume_with_changed_model_config_names_the_keys_and_loses_nothing(
-        workdir, fast_overrides, capsys):
+        workdir, fast_overrides, capsys, override, says):
     before = _tree(workdir)
     args = ["train", "--config", PRETRAIN + ":tiny", "--workdir", str(workdir)]
-    args += [f"--config.{o}" for o in fast_overrides + ["train.steps=12", "model.d_model=64"]]
+    args += [f"--config.{o}" for o in fast_overrides + ["train.steps=12", override]]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
-    assert "config differs" in err and "model.d_model: 32 in the checkpoint, 64 now" in err
+    assert "config differs" in err and says in err, err
     assert "unreadable or corrupted" not in err and "Traceback" not in err
     after = _tree(workdir)
     assert {k: v for k, v in after.items() if k != ".kyx.lock"} == {

@@ -47,3 +47,30 @@ def test_params_from_every_layout(tmp_path):
         load("two", "value")
     assert Checkpointer(str(tmp_path / "two" / "checkpoints"),
                         read_only=True).model_names(1) == ["policy", "ref"]
+
+
+def test_params_read_in_their_stored_dtype_and_cast_to_the_model(tmp_path):
+    """A checkpoint's params come back bit for bit in the dtype they were saved in (their
+    digests verify), then in the reading model's ``param_dtype``: bf16 weights for a
+    float32 model, float32 weights for a bf16 model (init_from across policies)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    mesh, rules = sharding.single_device_mesh(), sharding.get_rules("dp")
+    f32, bf16 = Decoder(CFG), Decoder(dataclasses.replace(CFG, param_dtype="bfloat16"))
+    p32 = init_params(f32, jax.random.key(1), mesh, rules)
+    p16 = init_params(bf16, jax.random.key(1), mesh, rules)
+    assert {x.dtype for x in jax.tree.leaves(p16)} == {jnp.dtype(jnp.bfloat16)}
+    rng = np.zeros(2, np.uint32)
+    for name, params in (("f32", p32), ("bf16", p16)):
+        _save(tmp_path / name / "checkpoints", {"step": np.int32(1), "rng": rng, "models": {
+            "policy": {"params": params, "opt_state": None}}})
+    load = lambda d, model: load_params(str(tmp_path / d), model, mesh, rules)  # noqa: E731
+    cast = lambda t, d: jax.tree.map(lambda x: x.astype(d), t)  # noqa: E731
+    for d, model, want in (("bf16", bf16, p16), ("f32", f32, p32),
+                           ("bf16", f32, cast(p16, jnp.float32)),
+                           ("f32", bf16, cast(p32, jnp.bfloat16))):
+        got = load(d, model)
+        assert _equal(got, want) and all(x.dtype == y.dtype for x, y in
+                                         zip(jax.tree.leaves(got), jax.tree.leaves(want)))

@@ -88,18 +88,22 @@ def run_steps(trainer, mesh, preset, batches, seed=0):
     return metrics, _host(state.params(trained))
 
 
-def assert_same_run(a, b, tol=1e-4, step_functions=()):
+def assert_same_run(a, b, tol=1e-4, step_functions=(), same_params=None):
     """Metrics and params equal within ``tol``. ``step_functions``: metrics that count
     signs (e.g. DPO's accuracy, the share of pairs with margin > 0): a margin within
     rounding of 0 (policy == reference at the first step) flips between device layouts,
-    so they are not compared; their continuous inputs (the margins) are."""
+    so they are not compared; their continuous inputs (the margins) are.
+    ``same_params(x1, x8)``: another check of each pair of param leaves (16-bit params)."""
     (m1, p1), (m8, p8) = a, b
     for s1, s8 in zip(m1, m8):
         for k in s1:
             if k not in step_functions:
                 np.testing.assert_allclose(s8[k], s1[k], rtol=tol, atol=tol, err_msg=k)
     for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-        np.testing.assert_allclose(y, x, rtol=tol, atol=tol)
+        if same_params is None:
+            np.testing.assert_allclose(y, x, rtol=tol, atol=tol)
+        else:
+            same_params(x, y)
 
 
 @pytest.fixture
@@ -122,16 +126,17 @@ DENSE_PRESETS = ("dp", "fsdp", "fsdp_tp")
 @pytest.fixture
 def eight_vs_one():
     """eight_vs_one(trainer, batches, presets=DENSE_PRESETS): run on 1 device, then on the
-    8-device mesh of every preset; each must match the 1-device run. Returns
-    (1-device run, {preset: 8-device run})."""
-    def compare(trainer, batches, presets=DENSE_PRESETS, step_functions=()):
+    8-device mesh of every preset; each must match the 1-device run (``assert_same_run``).
+    Returns (1-device run, {preset: 8-device run})."""
+    def compare(trainer, batches, presets=DENSE_PRESETS, step_functions=(), same_params=None):
         one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
         ran1 = run_steps(trainer, one, "dp", batches)
         ran8 = {}
         for preset in presets:
             ran8[preset] = run_steps(trainer, sharding.make_mesh(PRESET_MESHES[preset]),
                                      preset, batches)
-            assert_same_run(ran1, ran8[preset], step_functions=step_functions)
+            assert_same_run(ran1, ran8[preset], step_functions=step_functions,
+                            same_params=same_params)
         return ran1, ran8
     return compare
 
