@@ -21,7 +21,7 @@ PRESETS = {
                  train=dict(steps=600, eval_every=50, log_every=20),
                  optim=dict(lr=3e-3, warmup_steps=50)),
     "small": dict(model=dict(d_model=512, num_layers=8, num_heads=8, num_kv_heads=4,
-                             vocab_size=8192, max_seq_len=512),
+                             vocab_size=8192, max_seq_len=512, scan_unroll=8),
                   data=dict(seq_len=512, batch_size=8, eval_batches=8,
                             tokenizer=dict(vocab_size=8192)),
                   train=dict(steps=2000, eval_every=200, log_every=10),

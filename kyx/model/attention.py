@@ -92,7 +92,7 @@ class Attention(nn.Module):
     dtype: Any = jnp.float32
     qkv_bias: bool = False
     impl: str = "chunked"          # training-path kernel (kyx/model/attention_kernels.py)
-    chunks: int = 8                # query blocks of the "chunked" kernel
+    chunks: int = 4                # query blocks of the "chunked" kernel
     param_dtype: Any = jnp.float32    # storage dtype of wq/wk/wv/wo (and biases)
 
     @nn.compact

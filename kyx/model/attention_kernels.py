@@ -6,7 +6,7 @@ i when j <= i and both are in the same document):
 
 * ``chunked`` (default): queries in ``model.attention_chunks`` blocks; block i only
   meets the keys up to its last query, so the masked upper triangle is mostly never
-  computed: about (n + 1) / 2n of the dense work (56% at 8 blocks), in the forward and the
+  computed: about (n + 1) / 2n of the dense work (62.5% at the default 4 blocks), in the forward and the
   backward pass. On the 2-core CPU of docs/benchmarks.md this halves the attention core's
   time at the `small` size (scores, mask, softmax and its gradient all shrink).
 * ``dense``: one [T, T] score matrix per head (the reference; also the cached-decoding
