@@ -108,7 +108,10 @@ def test_iterate_resumes_after_sigkill_without_redoing_rounds(post_overrides, pr
     args = [sys.executable, "-m", "kyx", "iterate", "--config",
             os.path.join(ROOT, "configs", "iterate.py") + ":tiny", "--workdir", str(tmp_path)]
     args += [f"--config.{o}" for o in _iterate_args(post_overrides, pretrained)]
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
+    # both processes share a persistent compilation cache (outside the workdir): round 1
+    # and the resumed run load the programs round 0 compiled
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT, "KYX_COMPILATION_CACHE": "1",
+           "KYX_COMPILATION_CACHE_DIR": str(tmp_path.parent / f"{tmp_path.name}_jax_cache")}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             text=True)
     state = tmp_path / "state.json"

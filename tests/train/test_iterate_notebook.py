@@ -15,6 +15,9 @@ def test_iterative_alignment_notebook_runs(post_overrides, pretrained, tmp_path,
                   f"{s}.data.records.max_train=64"]
     outputs = run_notebook("iterative_alignment.ipynb", {
         "KYX_IT_STEPS": "3", "KYX_IT_PRETRAINED": pretrained, "KYX_IT_WORKDIR": str(tmp_path),
+        # the notebook's compilation cache, in this test's directory: round 1 loads the
+        # programs round 0 compiled
+        "KYX_COMPILATION_CACHE": "1", "KYX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
         "KYX_IT_OVERRIDES": json.dumps(post_overrides + ["optim.lr=1e-3"]),
         "KYX_IT_ITERATE_OVERRIDES": json.dumps(
             [o for o in post_overrides if o.startswith("data.")] + stage + [
