@@ -185,15 +185,18 @@ class Decoder(nn.Module):
                 lambda *a: jnp.concatenate(a), *caches)
             aux["moe_loss"] = jnp.sum(stats.pop("loss"))
             aux["moe_metrics"] = stats
-        hidden_btd = self.final_norm(x_btd)
-        if cfg.tie_embeddings:
-            logits_btv = self.embed.attend(hidden_btd)
-        else:
-            logits_btv = self.head(hidden_btd)
-        aux["hidden_btd"] = hidden_btd
+        logits_btv, aux["hidden_btd"] = self.unembed(x_btd)
         if cache is not None:
             aux["cache"] = new_cache
         return logits_btv, aux
+
+    def unembed(self, x_btd: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(logits_btv, hidden_btd) of the last block's residual stream: final RMSNorm, then
+        the head (or the tied embedding). Also used by kyx/analysis/sites.py."""
+        hidden_btd = self.final_norm(x_btd)
+        if self.cfg.tie_embeddings:
+            return self.embed.attend(hidden_btd), hidden_btd
+        return self.head(hidden_btd), hidden_btd
 
     def _reuse_flags(self) -> jax.Array:
         """One Bernoulli(p) draw per layer from the 'reuse' stream; layer 0 never reuses.
