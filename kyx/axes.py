@@ -16,8 +16,9 @@ HEADS = "heads"
 KV_HEADS = "kv_heads"
 HEAD_DIM = "head_dim"
 EXP = "exp"              # MoE experts
+LATENTS = "latents"      # sparse-autoencoder latents (kyx/analysis/sae.py)
 
-PARAM_AXES = (LAYERS, VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, EXP)
+PARAM_AXES = (LAYERS, VOCAB, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, EXP, LATENTS)
 
 # ----------------------------------------------------------------------------- activations
 ACT_BATCH = "act_batch"
@@ -29,6 +30,7 @@ ACT_MLP = "act_mlp"
 ACT_VOCAB = "act_vocab"
 ACT_EXP = "act_exp"              # experts of dispatched tokens
 ACT_EXP_BATCH = "act_exp_batch"  # batch of dispatched tokens
+ACT_LATENTS = "act_latents"      # sparse-autoencoder latents of a batch of activations
 
 # common activation layouts
 B = (ACT_BATCH,)

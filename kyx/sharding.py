@@ -40,6 +40,7 @@ _ACTIVATIONS_DP: Rules = (
     (ax.ACT_VOCAB, None),
     (ax.ACT_EXP, None),
     (ax.ACT_EXP_BATCH, BATCH_AXES),
+    (ax.ACT_LATENTS, None),
 )
 _ACTIVATIONS_TP: Rules = (
     (ax.ACT_BATCH, BATCH_AXES),
@@ -51,6 +52,7 @@ _ACTIVATIONS_TP: Rules = (
     (ax.ACT_VOCAB, "tensor"),
     (ax.ACT_EXP, None),
     (ax.ACT_EXP_BATCH, BATCH_AXES),
+    (ax.ACT_LATENTS, "tensor"),
 )
 # Expert parallelism: the expert dimension of MoE weights and of dispatched tokens lives on
 # `expert`; dispatched tokens keep their remaining batch split over data x fsdp. Ordinary
@@ -71,14 +73,15 @@ RULE_PRESETS: dict[str, Rules] = {
     # Pure data parallelism: every parameter replicated, batch split over all batch axes.
     "dp": _ACTIVATIONS_DP + _params(),
     # ZeRO-3 style: parameters and optimizer state sharded over `fsdp` along `embed`.
-    "fsdp": _ACTIVATIONS_DP + _params(embed="fsdp"),
+    "fsdp": _ACTIVATIONS_DP + _params(embed="fsdp", latents="fsdp"),
     # FSDP over `fsdp` plus Megatron tensor parallelism over `tensor`.
     "fsdp_tp": _ACTIVATIONS_TP + _params(vocab="tensor", embed="fsdp", mlp="tensor",
-                                         heads="tensor", kv_heads="tensor"),
+                                         heads="tensor", kv_heads="tensor",
+                                         latents=("fsdp", "tensor")),
     # Expert parallelism combined with FSDP: MoE expert weights split over `expert` along
     # `exp` (and over `fsdp` along `embed`); everything else as in `fsdp`. With fsdp=1
     # this is plain expert + data parallelism.
-    "ep": _ACTIVATIONS_EP + _params(embed="fsdp", exp="expert"),
+    "ep": _ACTIVATIONS_EP + _params(embed="fsdp", exp="expert", latents="fsdp"),
 }
 
 

@@ -32,6 +32,8 @@ LAYERS = {
                       "kyx.interop", "kyx.rewards", "kyx.train"},
     "kyx.api": {"kyx.sharding", "kyx.model", "kyx.data", "kyx.checkpoint", "kyx.interop",
                 "kyx.train"},
+    "kyx.analysis": {"kyx.config", "kyx.sharding", "kyx.objectives", "kyx.model", "kyx.data",
+                     "kyx.checkpoint", "kyx.interop", "kyx.train", "kyx.api"},
 }
 
 

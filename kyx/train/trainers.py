@@ -26,6 +26,7 @@ register("rm", "kyx.train.rm")
 register("dpo", "kyx.train.dpo")
 register("ppo", "kyx.train.ppo")
 register("lud", "kyx.train.lud")
+register("sae", "kyx.analysis.sae_trainer")
 
 
 def trainer_module(name: str):

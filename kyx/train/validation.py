@@ -283,9 +283,23 @@ for _key in ("max_chars", "batch_size", "max_len"):
     field(f"reward.{_key}", integer(lo=1))
 
 
+field("sae.kind", one_of(lambda: _trainer_module("sae").KINDS.names()),
+      trainers=("sae",))
+for _key in ("n_latents", "k", "k_aux", "dead_tokens", "init_sample"):
+    field(f"sae.{_key}", integer(lo=1), trainers=("sae",))
+for _key in ("l1", "aux_coef"):
+    field(f"sae.{_key}", number(lo=0), trainers=("sae",))
+field("sae.step", integer(lo=-1, note="-1: the newest checkpoint"), trainers=("sae",))
+for _key in ("tokens", "batch_size", "seq_len"):
+    field(f"sae.harvest.{_key}", integer(lo=1), trainers=("sae",))
+field("sae.harvest.val_fraction", number(lo=0, below=1), trainers=("sae",))
+field("sae.lm_eval.batches", integer(lo=0, note="0: no LM-side metrics"), trainers=("sae",))
+
+
 # ----------------------------------------------------------------------------- rules
 component("model", lambda cfg: model_config.ModelConfig.from_config(cfg.model))
 component("rl", lambda cfg: _trainer_module("ppo").algorithm(cfg), trainers=("ppo",))
+component("sae", lambda cfg: _trainer_module("sae").check(cfg), trainers=("sae",))
 
 
 @rule()
