@@ -1,5 +1,5 @@
 """Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate |
-data | scaling`.
+data | scaling | sae`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
@@ -13,6 +13,7 @@ data | scaling`.
     kyx iterate --config configs/iterate.py:tiny --workdir DIR --config.policy=SFT_DIR
     kyx data prepare|stats --config configs/pretrain.py:tiny
     kyx scaling fit --workdir DIR [--until-step N --at-step S --source LABEL --json]
+    kyx sae top-activations --workdir SAE_DIR [--latents 0,5,10-12 --top 10 --batches 20]
 
     kyx COMMAND --help     that command's options (train: the shipped configs and presets)
     kyx --version          the installed kyx version
@@ -44,6 +45,7 @@ COMMANDS = {
     "iterate": "kyx.commands.iterate",
     "data": "kyx.commands.data",
     "scaling": "kyx.commands.scaling",
+    "sae": "kyx.commands.sae",
 }
 VERBOSE = "--verbose"
 

@@ -1,6 +1,7 @@
 """The ``sae`` trainer (kyx/analysis/sae_trainer.py, configs/sae.py): `kyx train` runs on an
 activation buffer, checkpoints, resumes exactly, evaluates (held-out split and the LM
-with the SAE spliced in); config mistakes are ConfigErrors."""
+with the SAE spliced in); `kyx sae top-activations` reads the run; config mistakes are
+ConfigErrors."""
 import json
 import os
 
@@ -56,7 +57,7 @@ def _last(workdir):
 
 
 @pytest.mark.slow  # three `kyx train` runs (each compiles its step) + the LM eval: 20-30 s
-def test_sae_train_checkpoints_resumes_and_evaluates(pretrained, buffer, tmp_path):
+def test_sae_train_checkpoints_resumes_and_evaluates(pretrained, buffer, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli.main(_args(pretrained, buffer, straight, 6)) == 0
     no_lm = ["sae.lm_eval.batches=0"]  # the LM metrics are checked on the straight run
@@ -76,6 +77,25 @@ def test_sae_train_checkpoints_resumes_and_evaluates(pretrained, buffer, tmp_pat
     assert np.isfinite(list(lm.values())).all()
     assert lm["eval/lm/delta_lm_loss"] == pytest.approx(
         lm["eval/lm/ce_sae"] - lm["eval/lm/ce_clean"])
+    _check_top_activations_cli(str(straight), pretrained, capsys)
+
+
+def _check_top_activations_cli(workdir, pretrained, capsys):
+    """`kyx sae top-activations` on the trained SAE: contexts per latent, highest first;
+    user mistakes are one-line errors."""
+    capsys.readouterr()
+    top = ["sae", "top-activations", "--workdir", workdir, "--top", "3", "--batches", "2"]
+    assert cli.main(top + ["--latents", "0-2,7", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after the logs
+    assert sorted(found) == ["0", "1", "2", "7"]
+    for contexts in found.values():
+        values = [c["value"] for c in contexts]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert all(set(c) == {"value", "before", "token", "after"} for c in contexts)
+    assert cli.main(top + ["--latents", "0,64"]) == 2
+    assert "latents 0..63; out of range: [64]" in capsys.readouterr().err
+    assert cli.main(["sae", "top-activations", "--workdir", pretrained]) == 2
+    assert "not an SAE run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override,message", [
