@@ -89,6 +89,9 @@ def check(cfg) -> None:
         raise ConfigError(f"sae.model_workdir = {cfg.sae.model_workdir!r} is not a kyx workdir "
                           "or Hugging Face model directory (no config.json)")
     sae.SaeConfig.from_config(cfg.sae, d=1)
+    from kyx.analysis import sites
+    from kyx.interop import sources
+    sites.parse_site(cfg.sae.site, sources.model_config(cfg.sae.model_workdir))
     if cfg.optim.grad_accum != 1:
         raise ConfigError("optim.grad_accum must be 1 for the sae trainer (the dead-latent "
                           "counters advance once per step)")
