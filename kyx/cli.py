@@ -1,5 +1,5 @@
 """Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate |
-data | scaling | sae`.
+data | scaling | sae | interactions`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
@@ -14,6 +14,7 @@ data | scaling | sae`.
     kyx data prepare|stats --config configs/pretrain.py:tiny
     kyx scaling fit --workdir DIR [--until-step N --at-step S --source LABEL --json]
     kyx sae top-activations --workdir SAE_DIR [--latents 0,5,10-12 --top 10 --batches 20]
+    kyx interactions --workdir DIR --samples N [--players 8 --seed S --out DIR]
 
     kyx COMMAND --help     that command's options (train: the shipped configs and presets)
     kyx --version          the installed kyx version
@@ -46,6 +47,7 @@ COMMANDS = {
     "data": "kyx.commands.data",
     "scaling": "kyx.commands.scaling",
     "sae": "kyx.commands.sae",
+    "interactions": "kyx.commands.interactions",
 }
 VERBOSE = "--verbose"
 
