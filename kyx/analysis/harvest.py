@@ -17,6 +17,9 @@ import numpy as np
 
 from kyx.analysis import activation_buffer, sites
 from kyx.errors import ConfigError
+from kyx.logs import get_logger
+
+log = get_logger(__name__)
 
 ROWS_PER_SHARD = 65536
 
@@ -92,7 +95,7 @@ def _collect(act, batches, want: int, show: bool, writer, split: str) -> int:
     """Adds up to ``want`` rows of non-padding activations from ``batches`` to ``writer``."""
     from tqdm.auto import tqdm
 
-    have = 0
+    have, logged = 0, 0
     with tqdm(total=want, desc=f"harvest {split}", unit="tok", disable=not show) as bar:
         for batch in batches:
             act_btd = np.asarray(act(batch["tokens"], batch["segment_ids"],
@@ -101,6 +104,9 @@ def _collect(act, batches, want: int, show: bool, writer, split: str) -> int:
             writer.add(split, rows)
             have += len(rows)
             bar.update(len(rows))
+            if not show and have * 4 // want > logged:  # no bar (a scheduler's log): quarters
+                logged = have * 4 // want
+                log.info("harvest %s: %d / %d tokens", split, have, want)
             if have >= want:
                 break
     if not have:
