@@ -80,7 +80,17 @@ def summarize(workdir: str) -> dict:
         "tokens_per_s": float(np.median(tps[1:] if len(tps) > 1 else tps)) if tps else None,
     }
     out.update(_moe_stats(workdir, train, tail))
+    out.update(_retrieval_stats(rows))
     return out
+
+
+RETRIEVAL = ("mrr@10", "recall@1", "recall@10")  # kyx/train/colbert.py's eval
+
+
+def _retrieval_stats(rows: list[dict]) -> dict:
+    """The last evaluation's ranking metrics, for retrieval runs."""
+    evals = [r for r in rows if "eval/mrr@10" in r]
+    return {k: evals[-1][f"eval/{k}"] for k in RETRIEVAL} if evals else {}
 
 
 def _moe_stats(workdir: str, train: list[dict], tail: list[dict]) -> dict:
@@ -109,7 +119,9 @@ COLUMNS = [("steps", "steps", "{:d}"), ("train_loss", "train loss", "{:.4f}"),
            ("flagged_frac_mean", "flagged frac", "{:.4f}"),
            ("load_max_x_e", "max load x E", "{:.3f}"), ("load_min_x_e", "min load x E", "{:.3f}"),
            ("lb_loss", "LB loss", "{:.4f}"), ("router_entropy", "router entropy", "{:.3f}"),
-           ("dropped_frac", "dropped", "{:.4f}"), ("tokens_per_s", "tokens/s", "{:,.0f}")]
+           ("dropped_frac", "dropped", "{:.4f}"),
+           *((k, k.replace("mrr", "MRR"), "{:.3f}") for k in RETRIEVAL),
+           ("tokens_per_s", "tokens/s", "{:,.0f}")]
 
 
 def seed_workdirs(root: str, name: str, seeds: int) -> list[tuple[list[str], str]]:

@@ -1,5 +1,5 @@
 """Command line: `kyx train | sample | excp | convert | upcycle | rejection-sample | iterate |
-data | scaling | sae | interactions`.
+data | scaling | sae | interactions | retrieve`.
 
     kyx train --config configs/pretrain.py:tiny --workdir runs/tiny [--config.a.b=v ...]
     kyx train --config pretrain.py:small --print-config      # resolved + validated, no run
@@ -15,6 +15,7 @@ data | scaling | sae | interactions`.
     kyx scaling fit --workdir DIR [--until-step N --at-step S --source LABEL --json]
     kyx sae top-activations --workdir SAE_DIR [--latents 0,5,10-12 --top 10 --batches 20]
     kyx interactions --workdir DIR --samples N [--players 8 --seed S --out DIR]
+    kyx retrieve --workdir DIR --query TEXT [--k 10 --nbits 2]   # a colbert run's top-k
 
     kyx COMMAND --help     that command's options (train: the shipped configs and presets)
     kyx --version          the installed kyx version
@@ -48,6 +49,7 @@ COMMANDS = {
     "scaling": "kyx.commands.scaling",
     "sae": "kyx.commands.sae",
     "interactions": "kyx.commands.interactions",
+    "retrieve": "kyx.commands.retrieve",
 }
 VERBOSE = "--verbose"
 

@@ -97,6 +97,10 @@ CASES = [
     ("ppo", "value_optim.lr=-1", ">= 0"),
     ("ppo", "rl.max_new_tokens=100", "model.max_seq_len"),
     ("grpo", "rl.group_size=1", "GRPO"),
+    ("colbert", "colbert.scoring=maxsum", "maxsim, mean_pool (did you mean maxsim?)"),
+    ("colbert", "colbert.query_len=500", "model.max_seq_len"),
+    ("colbert", "colbert.dim=0", ">= 1"),
+    ("colbert", "data.records.source=jsonl", "mined"),
 ]
 
 
@@ -128,7 +132,7 @@ def test_every_zero_means_only_at_the_end():
 
 
 @pytest.mark.parametrize("name", ["pretrain", "moe", "sft", "rm", "dpo", "ppo", "grpo",
-                                  "lud"])
+                                  "lud", "colbert"])
 def test_every_preset_validates(name):
     for preset in _presets(name):
         validation.validate(_load(name, preset=preset))

@@ -13,7 +13,9 @@ Views per record kind (choices keyed by a hash of the function's path, name and 
 * sft: the true response, negatives = [repeat, elsewhere];
 * preference: chosen = true, rejected = repeat (strength 3, significantly better) or
   elsewhere (strength 2, better), alternating by hash;
-* feedback: desirable = the true response or undesirable = a corruption, by hash.
+* feedback: desirable = the true response or undesirable = a corruption, by hash;
+* retrieval (``retrieval_pair``): query = the docstring summary, document = the code
+  without its docstring (signature + the first body lines), kyx/data/retrieval.py.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ class Function:
     key: int          # stable hash of (path, qualified name, line)
     prompt: str
     lines: list[str]  # response lines (dedented relative to the def)
+    summary: str = ""     # first line of the docstring
+    signature: str = ""   # the def line(s), dedented
+
 
     @property
     def response(self) -> str:
@@ -82,7 +87,13 @@ def _function(node, lines, path, max_prompt_chars, max_lines, max_chars):
         size += len(ln) + 1
     if len(kept) < 2 or len(prompt) > max_prompt_chars or "\t" in prompt:
         return None
-    return Function(stable_hash(path, node.name, str(node.lineno)), prompt, kept)
+    return Function(stable_hash(path, node.name, str(node.lineno)), prompt, kept, summary,
+                    signature)
+
+
+def retrieval_pair(fn: Function) -> tuple[str, str]:
+    """(query, document): the docstring summary and the function's code without it."""
+    return fn.summary, f"{fn.signature}\n{fn.response}"
 
 
 def repeat(fn: Function) -> str:

@@ -112,7 +112,7 @@ class KyxMinedRecords(_RecordsBuilder):
         cfg = self.builder_config
         out, stats = {}, {}
         for split, cap in (("train", cfg.max_train), ("validation", cfg.max_eval)):
-            fns = _mine_split(self._corpus, split, cap, cfg)
+            fns = mine_split(self._corpus, split, cap, cfg)
             if len(fns) < 2:
                 raise DataError(f"mined only {len(fns)} documented functions from the "
                                 f"{split} split of corpus {self._corpus.name!r}; use a larger "
@@ -124,7 +124,9 @@ class KyxMinedRecords(_RecordsBuilder):
         return {s: self._generate_examples(rows) for s, rows in out.items()}
 
 
-def _mine_split(corpus, split: str, cap: int, cfg) -> list[mining.Function]:
+def mine_split(corpus, split: str, cap: int, cfg) -> list[mining.Function]:
+    """Documented functions of a corpus split (files in path-hash order, up to ``cap``
+    functions; 0 = all); ``cfg`` has the ``max_prompt_chars`` / ``max_response_*`` caps."""
     source = corpus.source(split)
     docs = []
     for i in range(len(source)):

@@ -27,6 +27,7 @@ register("dpo", "kyx.train.dpo")
 register("ppo", "kyx.train.ppo")
 register("lud", "kyx.train.lud")
 register("sae", "kyx.analysis.sae_trainer")
+register("colbert", "kyx.train.colbert")
 
 
 def trainer_module(name: str):

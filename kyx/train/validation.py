@@ -27,7 +27,7 @@ from kyx.data.pipeline import TOKENIZER_KINDS, TRAIN_SAMPLERS
 from kyx.data.pretokenize import WHITESPACE
 from kyx.errors import ConfigError
 from kyx.model import config as model_config
-from kyx.objectives import lm, preference, rl
+from kyx.objectives import late_interaction, lm, preference, rl
 from kyx.scaling import FAMILIES
 from kyx.scaling.curves import KINDS as SCALING_KINDS
 from kyx.telemetry import SINKS, parse_steps, selected
@@ -262,6 +262,13 @@ for _key in ("nll_coef", "orpo_lambda", "simpo_gamma_ratio", "kto_desirable_weig
     field(f"loss.{_key}", number(lo=0), trainers=("dpo",))
 field("reference", one_of(lambda: _trainer_module("dpo").REFERENCES), trainers=("dpo",))
 
+field("colbert.scoring", one_of(late_interaction.SCORINGS.names), trainers=("colbert",))
+field("colbert.dim", integer(lo=1), trainers=("colbert",))
+field("colbert.query_len", integer(lo=3), trainers=("colbert",))
+field("colbert.scale", number(lo=0), trainers=("colbert",))
+field("colbert.mask_punctuation", boolean(), trainers=("colbert",))
+field("data.records.source", one_of(("mined",)), trainers=("colbert",))
+
 field("rl.algorithm", one_of(lambda: _trainer_module("ppo").ALGORITHMS.names()))
 field("rl.kl_estimator", one_of(rl.KL_ESTIMATORS.names))
 field("rl.value", one_of(lambda: _trainer_module("ppo").VALUES))
@@ -315,6 +322,8 @@ def _sequence_fits_the_model(cfg):
     elif _has(cfg, "rl.max_new_tokens") and seq + cfg.rl.max_new_tokens > limit:
         yield ("rl.max_new_tokens", cfg.rl.max_new_tokens,
                f"data.seq_len + rl.max_new_tokens = {seq + cfg.rl.max_new_tokens} {why}")
+    if _has(cfg, "colbert.query_len") and cfg.colbert.query_len > limit:
+        yield "colbert.query_len", cfg.colbert.query_len, why
 
 
 @rule()

@@ -112,6 +112,8 @@ def test_mining_views():
     sft = mining.view("sft", fns, 0)
     assert sft["response"] == fns[0].response and len(sft["negatives"]) == 2
     assert mining.view("feedback", fns, 1)["label"] in (0, 1)
+    assert mining.retrieval_pair(fns[1]) == ("Negate a.", "def g(a):\n    b = -a\n    c = b\n"
+                                                          "    return c")
     assert mining.mine_source("def broken(:\n", "x.py") == []
 
 
