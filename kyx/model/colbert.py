@@ -12,12 +12,9 @@ mask tokens see the whole query.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
-from kyx import axes as ax
 from kyx.model.config import ModelConfig
-from kyx.model.layers import param_with_axes
+from kyx.model.layers import linear_head
 from kyx.model.transformer import Decoder
 
 
@@ -32,9 +29,4 @@ class ColbertEncoder(nn.Module):
     @nn.compact
     def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None):
         _, aux = Decoder(self.cfg, name="backbone")(tokens_bt, segment_ids_bt, positions_bt)
-        h_btd = aux["hidden_btd"].astype(jnp.float32)
-        w_dk = param_with_axes(self, "colbert_kernel", nn.initializers.normal(self.cfg.init_std),
-                               (h_btd.shape[-1], self.dim), (ax.EMBED, None))
-        proj_btk = jnp.einsum("btd,dk->btk", h_btd, w_dk.astype(jnp.float32),
-                              precision=jax.lax.Precision.HIGHEST)
-        return proj_btk, aux
+        return linear_head(self, "colbert_kernel", aux["hidden_btd"], (self.dim,), (None,)), aux

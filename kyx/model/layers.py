@@ -31,6 +31,20 @@ def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
                         tuple(shape), dtype)
 
 
+def linear_head(module: nn.Module, name: str, hidden_btd: jax.Array,
+                out_shape: Sequence[int] = (), out_axes: Sequence[str | None] = ()
+                ) -> jax.Array:
+    """A bias-free float32 projection of final hidden states ``[..., d]`` by the module's
+    parameter ``name`` of shape ``[d, *out_shape]`` (normal(``module.cfg.init_std``)):
+    the scalar value head of reward models / critics (``out_shape`` ()), ColBERT's token
+    projection (``(128,)``). Exact-precision matmul, so TPU/GPU defaults do not round it."""
+    h_btd = hidden_btd.astype(jnp.float32)
+    w = param_with_axes(module, name, nn.initializers.normal(module.cfg.init_std),
+                        (h_btd.shape[-1], *out_shape), (ax.EMBED, *out_axes))
+    return jnp.tensordot(h_btd, w.astype(jnp.float32), axes=1,
+                         precision=jax.lax.Precision.HIGHEST)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (no mean subtraction, no bias), computed in float32."""
     eps: float = 1e-6

@@ -12,22 +12,16 @@ but unused (XLA drops the dead logits). ``aux`` is the Decoder's (MoE loss and m
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from kyx import axes as ax
 from kyx.model.config import ModelConfig
-from kyx.model.layers import param_with_axes
+from kyx.model.layers import linear_head
 from kyx.model.transformer import Decoder
 
 
 def _value_head(module: nn.Module, hidden_btd):
     """w · h_t per position (float32), with w the module's ``value_kernel`` [d]."""
-    h_btd = hidden_btd.astype(jnp.float32)
-    w_d = param_with_axes(module, "value_kernel", nn.initializers.normal(module.cfg.init_std),
-                          (h_btd.shape[-1],), (ax.EMBED,))
-    return jnp.einsum("btd,d->bt", h_btd, w_d.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
+    return linear_head(module, "value_kernel", hidden_btd)
 
 
 class RewardModel(nn.Module):
