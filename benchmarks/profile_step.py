@@ -42,6 +42,7 @@ from step_timing import grad_setup  # noqa: E402
 INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+(?:\{[^}]*\})?\s+([\w\-]+)\(")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
 WRAPPER = re.compile(r"\b(?:jvp|transpose|jit|pjit|remat|checkpoint|vmap)\(")
+METHOD_FRAME = re.compile(r"^[A-Za-z_]\w*\.\w+$")
 
 # coarse kinds, first match wins, tested on "phase module op opcode"
 KINDS = (
@@ -61,7 +62,9 @@ def clean_op_name(op_name: str) -> tuple[str, str, str]:
         "forward" if "jvp(" in op_name else "optimizer")
     path = op_name.removeprefix("jit(step)/")
     path = WRAPPER.sub("", path).replace(")", "")
-    parts = [p for p in path.split("/") if p and p not in ("while", "body", "closed_call")]
+    # flax method frames ("Decoder.unembed", "attn._out") belong to their module
+    parts = [p for p in path.split("/") if p and p not in ("while", "body", "closed_call")
+             and not METHOD_FRAME.match(p)]
     if not parts:
         return phase, "(loss)", op_name
     if "Decoder" not in parts and phase != "optimizer":
