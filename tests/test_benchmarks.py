@@ -144,3 +144,15 @@ def test_datasheet_peak_matches_jax_device_kinds(kind, chip):
     assert (found[0] if found else None) == chip
     if found:
         assert 1e14 < found[1] < 3e15
+
+
+def test_linear_decode_reports_the_pla_state_size_of_the_docs(capsys):
+    """benchmarks/linear_decode.py runs and its PLA cache is docs/linear_attention.md's
+    4 * H * P * (D + 1) bytes per layer and row (H 4, D 8, F 16: P 273), whatever the
+    context."""
+    _script("linear_decode").main(["--kinds", "pla", "--contexts", "16", "--tokens", "2",
+                                   "--repeats", "1", "--batch", "2", "--d-model", "32",
+                                   "--vocab", "64"])
+    (row,) = _lines(capsys)
+    assert row["cache_bytes_per_row_layer"] == 4 * 4 * 273 * (8 + 1)
+    assert row["prefill_s"] > 0 and row["context"] == 16

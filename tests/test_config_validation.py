@@ -132,7 +132,7 @@ def test_every_zero_means_only_at_the_end():
 
 
 @pytest.mark.parametrize("name", ["pretrain", "moe", "sft", "rm", "dpo", "ppo", "grpo",
-                                  "lud", "colbert"])
+                                  "lud", "colbert", "jrt"])
 def test_every_preset_validates(name):
     for preset in _presets(name):
         validation.validate(_load(name, preset=preset))

@@ -62,8 +62,8 @@ def test_replication_check_passes_fsdp_and_names_offenders_under_dp():
         sharding.check_replication(dp_shardings, abstract, mesh, "fsdp")
 
 
-def _loss_and_grads(mesh, preset, loss_cfg, batch_np):
-    model = Decoder(CFG)
+def _loss_and_grads(mesh, preset, loss_cfg, batch_np, cfg=CFG):
+    model = Decoder(cfg)
     rules = sharding.get_rules(preset)
     params = init_params(model, jax.random.key(0), mesh, rules)
     shardings, _ = param_shardings(model, mesh, rules)
@@ -85,14 +85,29 @@ MESHES = {
 }
 
 
-@pytest.mark.parametrize("preset", sorted(MESHES))
-@pytest.mark.parametrize("loss_name", ["ce", "mile"])
-def test_eight_devices_equal_one_device(preset, loss_name, packed_batch):
-    loss_cfg = loss_defaults().to_dict()
-    loss_cfg.update(name=loss_name, max_z_weight=2e-4)
-    one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    batch = packed_batch(CFG.vocab_size)
-    loss1, grads1, _ = _loss_and_grads(one, preset, loss_cfg, batch)
+@pytest.fixture(scope="module")
+def one_device_run(packed_batch):
+    """one_device_run(loss_name) -> (loss config, batch, loss, grads) on 1 device, computed
+    once per loss (every preset maps to no mesh axis there)."""
+    runs = {}
+
+    def run(loss_name):
+        if loss_name not in runs:
+            loss_cfg = loss_defaults().to_dict()
+            loss_cfg.update(name=loss_name, max_z_weight=2e-4)
+            batch = packed_batch(CFG.vocab_size)
+            one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+            runs[loss_name] = (loss_cfg, batch, *_loss_and_grads(one, "dp", loss_cfg, batch)[:2])
+        return runs[loss_name]
+    return run
+
+
+# CE under every preset; MiLe (per-token weights summed over the sharded batch) under the
+# preset that splits the most axes
+@pytest.mark.parametrize("preset,loss_name", [(p, "ce") for p in sorted(MESHES)]
+                         + [("fsdp_tp", "mile")])
+def test_eight_devices_equal_one_device(preset, loss_name, one_device_run):
+    loss_cfg, batch, loss1, grads1 = one_device_run(loss_name)
     eight = sharding.make_mesh(MESHES[preset])
     loss8, grads8, sharded = _loss_and_grads(eight, preset, loss_cfg, batch)
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
@@ -101,3 +116,34 @@ def test_eight_devices_equal_one_device(preset, loss_name, packed_batch):
     if preset != "dp":  # parameters (and so gradients) really are split over devices
         wq = sharded["layers"]["attn"]["wq"]
         assert not wq.sharding.is_fully_replicated
+
+
+# a pla,swa hybrid: 2 documents of 8 tokens per row, prefix 5 and window 3 inside them,
+# linear-attention blocks of 4 (so state is carried across blocks and reset per document)
+HYBRID = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, ffn_dim=128,
+                     attention="pla,swa", pla_prefix_len=5, attention_window=3, pla_chunk=4,
+                     pla_feature_dim=4)
+
+
+@pytest.fixture(scope="module")
+def hybrid_one_device(packed_batch):
+    """Loss and gradients of the hybrid on 1 device (every preset maps to no axis there)."""
+    one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    loss, grads, _ = _loss_and_grads(one, "dp", loss_defaults().to_dict(),
+                                     packed_batch(HYBRID.vocab_size), HYBRID)
+    return loss, grads
+
+
+@pytest.mark.parametrize("preset", sorted(MESHES))
+def test_hybrid_linear_attention_eight_devices_equal_one(preset, packed_batch,
+                                                         hybrid_one_device):
+    loss1, grads1 = hybrid_one_device
+    loss8, grads8, sharded = _loss_and_grads(sharding.make_mesh(MESHES[preset]), preset,
+                                             loss_defaults().to_dict(),
+                                             packed_batch(HYBRID.vocab_size), HYBRID)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads8)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    if preset != "dp":
+        wk_enc = sharded["layers"]["layer_0"]["attn"]["wk_enc"]
+        assert not wk_enc.sharding.is_fully_replicated

@@ -77,8 +77,13 @@ def site_names(cfg: ModelConfig) -> list[str]:
 
 def layer_params(cfg: ModelConfig, params: dict, layer: int) -> tuple[dict, bool]:
     """(params of layer ``layer`` alone, whether it is an MoE layer), sliced from the
-    decoder's stacked layer parameters (``layers``, or ``dense_layers`` + ``moe_layers``)."""
+    decoder's stacked layer parameters (``layers``, ``layers/layer_i`` of a pattern of
+    attention kinds, or ``dense_layers`` + ``moe_layers``)."""
     take = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+    n = len(cfg.attention_pattern)
+    if n > 1:
+        s, i = divmod(layer, n)
+        return take(params["layers"][f"layer_{i}"], s), False
     if not cfg.is_moe:
         return take(params["layers"], layer), False
     k, n = cfg.moe_first_dense, cfg.moe_every
@@ -118,16 +123,17 @@ def run(module: Decoder, params, tokens_bt: jax.Array, segment_ids_bt: jax.Array
     for layer in range(cfg.num_layers):
         p, sparse = layer_params(cfg, params, layer)
         here = site if site is not None and site.layer == layer else None
-        x_btd, layer_act = _block(cfg, p, sparse, x_btd, segment_ids_bt, positions_bt,
-                                  router_in, here, edit)
+        x_btd, layer_act = _block(cfg, p, sparse, cfg.layer_kinds[layer], x_btd,
+                                  segment_ids_bt, positions_bt, router_in, here, edit)
         act = layer_act if here is not None else act
     logits_btv, _ = module.apply(variables, x_btd, method=lambda m, x: m.unembed(x))
     return logits_btv, act
 
 
-def _block(cfg, params, sparse, x_btd, segment_ids_bt, positions_bt, router_in, site, edit):
+def _block(cfg, params, sparse, kind, x_btd, segment_ids_bt, positions_bt, router_in, site,
+           edit):
     """One Block applied to ``x_btd``; returns (new residual, the site's activation)."""
-    block = Block(cfg, sparse=sparse)
+    block = Block(cfg, sparse=sparse, kind=kind)
     apply = lambda x: block.apply({"params": params}, (x, None), (None, None),  # noqa: E731
                                   segment_ids_bt, positions_bt, router_in)[0][0]
     if site is None:

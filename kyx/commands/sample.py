@@ -3,6 +3,7 @@
     kyx sample --workdir DIR --prompt TEXT [--max-tokens N --temperature T --top-k K
                --top-p P --seed S --step N --chat --int8 --lud [--lud-k 4 --lud-alpha 0.9]]
     kyx sample --workdir DIR --prompts FILE --out OUT.jsonl [--batch-size 16 ...]
+    kyx sample --workdir DIR --prompts QA.jsonl --out OUT.jsonl --jrt [--jrt-template T]
 
 ``--prompt`` prints one completion. ``--prompts`` reads a JSONL file of ``{"prompt"}`` /
 ``{"messages"}`` records or a ``.txt`` file of one prompt per line
@@ -10,6 +11,9 @@
 running the same command again resumes after the rows already written
 (kyx/sample_file.py). ``--int8`` decodes with row-wise int8 matmul weights
 (kyx/model/quant.py); ``--lud`` decodes with Lexical Unit Decoding (kyx/model/lud.py).
+``--jrt`` applies JRT prompting (kyx/data/jrt.py, docs/jrt.md) to JSONL records
+``{"context", "question"}``: the context is read twice before the question
+(``--jrt-template`` with ``{context}`` and ``{question}`` to change the layout).
 docs/generation.md has the details and the measurements.
 """
 from __future__ import annotations
@@ -47,6 +51,12 @@ def main(argv) -> int:
                         help="positions per LUD step: 1 + placeholders (default 4)")
     parser.add_argument("--lud-alpha", type=float, default=None,
                         help="LUD acceptance confidence (default 0.9; 1 = plain decoding)")
+    parser.add_argument("--jrt", action="store_true",
+                        help="JRT prompting: --prompts JSONL records {\"context\", \"question\"} "
+                             "become the context twice, then the question")
+    parser.add_argument("--jrt-template", default=None,
+                        help="format string with {context} and {question} for --jrt "
+                             "(default: context, newline, context, newline, question)")
     args = parser.parse_args(argv)
     _check(args)
     # decoding options beyond sampling: passed to generate and recorded in each --out
@@ -79,6 +89,15 @@ def _check(args) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if (args.lud_k is not None or args.lud_alpha is not None) and not args.lud:
         raise ConfigError("--lud-k / --lud-alpha go with --lud")
+    if args.jrt_template is not None and not args.jrt:
+        raise ConfigError("--jrt-template goes with --jrt")
+    if args.jrt:
+        if args.prompt is not None:
+            raise ConfigError("--jrt needs a context and a question to repeat the context: "
+                              "give --prompts FILE.jsonl of {\"context\": ..., \"question\": ...} "
+                              "records (and --out), not a plain-text --prompt")
+        from kyx.data.jrt import DEFAULT_TEMPLATE, check_template
+        args.jrt_template = check_template(args.jrt_template or DEFAULT_TEMPLATE)
 
 
 def _sample_file(args, sampling: dict) -> int:
@@ -88,13 +107,16 @@ def _sample_file(args, sampling: dict) -> int:
     from kyx.fileio import is_local
     from kyx.sample_file import plan_resume, sample_to_jsonl
 
-    prompts = read_prompt_file(args.prompts, chat=args.chat)
+    prompts = read_prompt_file(args.prompts, chat=args.chat,
+                               jrt_template=args.jrt_template if args.jrt else None)
     model = load(args.workdir, args.step, quantize="int8" if args.int8 else None)
     step = args.step if args.step >= 0 else (
         None if model.from_hf else checkpoint_steps(args.workdir)[-1])
     settings = {"model": os.path.abspath(args.workdir) if is_local(args.workdir)
                 else args.workdir, "step": step, "int8": args.int8, "chat": args.chat,
                 "batch_size": args.batch_size, **sampling}
+    if args.jrt:   # only then: outputs written before --jrt existed still resume
+        settings["jrt"] = args.jrt_template
     plan_resume(args.out, prompts, settings)  # a mismatch stops here, before compiling
     summary = sample_to_jsonl(model, prompts, args.out, settings, sampling=sampling,
                               batch_size=args.batch_size, chat=args.chat,

@@ -19,16 +19,26 @@ from __future__ import annotations
 import json
 import os
 
+from kyx.data import jrt as jrt_prompts
 from kyx.data import records
 from kyx.errors import DataError
 
 TEXT_SUFFIX = ".txt"
 
 
-def read_prompt_file(path: str, chat: bool = True) -> list[str | list[dict]]:
+def read_prompt_file(path: str, chat: bool = True,
+                     jrt_template: str | None = None) -> list[str | list[dict]]:
     """The prompts of ``path`` in file order; a DataError for a missing file, a malformed
     line (``path:line: reason``), a file without prompts or, unless ``chat``, a
-    conversation (it needs the chat template)."""
+    conversation (it needs the chat template).
+
+    ``jrt_template``: JRT prompting (kyx/data/jrt.py): every line must be a JSONL record
+    ``{"context": text, "question": text}`` (other fields are ignored), and its prompt is
+    ``jrt_prompt(context, question, jrt_template)`` (the default template: the context
+    twice, then the question)."""
+    if jrt_template is not None and path.endswith(TEXT_SUFFIX):
+        raise DataError(f"{path}: JRT prompting (--jrt) needs JSONL records "
+                        "{\"context\": text, \"question\": text}, not plain-text lines")
     if not os.path.isfile(path):
         raise DataError(f"prompts file {path!r} does not exist (JSONL of {{\"prompt\": ...}} "
                         f"or {{\"messages\": [...]}} per line, or {TEXT_SUFFIX}: one prompt "
@@ -44,7 +54,9 @@ def read_prompt_file(path: str, chat: bool = True) -> list[str | list[dict]]:
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            prompt = line if text_lines else _record(path, n, line)
+            prompt = (line if text_lines else
+                      _record(path, n, line) if jrt_template is None else
+                      _jrt_record(path, n, line, jrt_template))
             if not chat and not isinstance(prompt, str):
                 raise DataError(f"{path}:{n}: a conversation (messages or a system message) "
                                 "is formatted with the chat template: add --chat")
@@ -52,6 +64,18 @@ def read_prompt_file(path: str, chat: bool = True) -> list[str | list[dict]]:
     if not out:
         raise DataError(f"{path} holds no prompt")
     return out
+
+
+def _jrt_record(path: str, n: int, line: str, template: str) -> str:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str)
+                                            for k in jrt_prompts.FIELDS):
+        raise DataError(f"{path}:{n}: JRT prompting (--jrt) needs a JSON object with text "
+                        "fields \"context\" and \"question\"")
+    return jrt_prompts.jrt_prompt(obj["context"], obj["question"], template)
 
 
 def _record(path: str, n: int, line: str) -> str | list[dict]:

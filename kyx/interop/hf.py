@@ -89,6 +89,7 @@ def save_params(params, cfg: ModelConfig, layout: str, out_dir: str,
     weight files (in a run of several processes, all take part and process 0 writes)."""
     from safetensors.numpy import save_file
 
+    cfg.require_softmax("Hugging Face export")
     writer = is_writer()  # every process gathers the tensors below; process 0 writes them
     if writer:
         os.makedirs(out_dir, exist_ok=True)

@@ -86,6 +86,7 @@ def model_config_from_hf(hf: dict) -> tuple[ModelConfig, str]:
 
 def hf_config_from_model(cfg: ModelConfig, layout: str, bos_id=None, eos_id=None) -> dict:
     """config.json that transformers (or Baichuan's remote code) loads for these params."""
+    cfg.require_softmax("Hugging Face export")
     base = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
             "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.num_layers,
             "num_attention_heads": cfg.num_heads, "rms_norm_eps": cfg.norm_eps,
@@ -136,6 +137,7 @@ class Leaf:
 
 def leaves(cfg: ModelConfig, layout: str) -> dict[tuple[str, ...], Leaf]:
     """kyx param path -> Leaf, for import."""
+    cfg.require_softmax("Hugging Face conversion")
     d, h, k, hd, f = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.hidden_dim
     p = "model.layers.{}."
     out: dict[tuple[str, ...], Leaf] = {

@@ -8,6 +8,10 @@ Two masking modes (the softmax math lives in kyx/model/attention_kernels.py):
 * cached decoding: keys live in cache slots indexed by position; a query at position p
   sees slots 0..p of its own row (one sequence per row).
 
+``window`` > 0 makes it sliding-window attention (model.attention kind "swa"): key j is
+also required to satisfy pos_i - pos_j < window. Decoding keeps the full KV cache and
+masks it (a ring buffer of ``window`` slots would save memory; not done yet).
+
 Attention-weight reuse (HunYuan, docs/moe.md): given the previous layer's probabilities
 and a traced boolean, a layer either computes its own softmax(QK^T) or takes the previous
 one (``lax.cond``, so QK^T is really skipped) and applies its own V and O to it.
@@ -23,7 +27,8 @@ import numpy as np
 
 from kyx import axes as ax
 from kyx.model.attention_kernels import (KERNELS, alibi_bias, alibi_slopes, attend_values,
-                                         attention_probs, document_mask, dot_product_attention)
+                                         attention_probs, document_mask, dot_product_attention,
+                                         window_mask)
 from kyx.model.layers import param_with_axes
 from kyx.sharding import constrain
 
@@ -67,10 +72,14 @@ def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: np.ndarray)
 
 # ----------------------------------------------------------------------------- masks
 
-def cache_mask(q_positions_bt: jax.Array, cache_len: int) -> jax.Array:
-    """[B, 1, T, S] boolean: a query at position p sees cache slots 0..p."""
+def cache_mask(q_positions_bt: jax.Array, cache_len: int, window: int = 0) -> jax.Array:
+    """[B, 1, T, S] boolean: a query at position p sees cache slots 0..p (with ``window``
+    > 0 only slots p - window + 1 .. p: sliding-window attention)."""
     slots_s = jnp.arange(cache_len)
-    return (slots_s[None, None, :] <= q_positions_bt[:, :, None])[:, None]
+    mask_bts = slots_s[None, None, :] <= q_positions_bt[:, :, None]
+    if window:
+        mask_bts = mask_bts & window_mask(q_positions_bt, slots_s[None], window)
+    return mask_bts[:, None]
 
 
 def write_cache(cache_bskd: jax.Array, new_btkd: jax.Array, start_b: jax.Array) -> jax.Array:
@@ -94,6 +103,7 @@ class Attention(nn.Module):
     impl: str = "chunked"          # training-path kernel (kyx/model/attention_kernels.py)
     chunks: int = 4                # query blocks of the "chunked" kernel
     param_dtype: Any = jnp.float32    # storage dtype of wq/wk/wv/wo (and biases)
+    window: int = 0                # > 0: sliding-window attention over that many positions
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, segment_ids_bt: jax.Array, positions_bt: jax.Array,
@@ -143,8 +153,9 @@ class Attention(nn.Module):
             return alibi_bias(slopes_h, positions_bt, kv_pos_bs)
 
         if prev_probs is not None:
-            if cache is not None:
-                raise ValueError("attention reuse is a training-time feature; not with a cache")
+            if cache is not None or self.window:
+                raise ValueError("attention reuse is a training-time feature of full softmax "
+                                 "attention; not with a cache or a window")
 
             def own_probs():
                 q_bthd, k_btkd = project_qk()
@@ -158,7 +169,8 @@ class Attention(nn.Module):
         q_bthd, k_btkd = project_qk()
         if cache is None:
             out_bthd = KERNELS.get(self.impl)(q_bthd, k_btkd, v_btkd, segment_ids_bt,
-                                              positions_bt, slopes_h, self.chunks)
+                                              positions_bt, slopes_h, self.chunks,
+                                              window=self.window)
             return self._out(out_bthd, wo), None, None
         start_b = positions_bt[:, 0]
         keys = write_cache(cache["k"], k_btkd, start_b)
@@ -167,10 +179,16 @@ class Attention(nn.Module):
         kv_pos_bs = jnp.broadcast_to(jnp.arange(s)[None], (keys.shape[0], s))
         out_bthd = dot_product_attention(q_bthd, keys.astype(self.dtype),
                                          values.astype(self.dtype),
-                                         cache_mask(positions_bt, s), bias(kv_pos_bs))
+                                         cache_mask(positions_bt, s, self.window),
+                                         bias(kv_pos_bs))
         return self._out(out_bthd, wo), {"k": keys, "v": values}, None
 
     def _out(self, out_bthd, wo):
-        out_bthd = constrain(out_bthd, (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_HEADS, None))
-        out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo.astype(self.dtype))
-        return constrain(out_btd, ax.BTD)
+        return project_out(out_bthd, wo, self.dtype)
+
+
+def project_out(out_bthd: jax.Array, wo_hkd: jax.Array, dtype: Any) -> jax.Array:
+    """Heads back to the model width: [B, T, H, D] x wo [H, D, d] -> [B, T, d]."""
+    out_bthd = constrain(out_bthd.astype(dtype), (ax.ACT_BATCH, ax.ACT_LENGTH, ax.ACT_HEADS, None))
+    out_btd = jnp.einsum("bthk,hkd->btd", out_bthd, wo_hkd.astype(dtype))
+    return constrain(out_btd, ax.BTD)

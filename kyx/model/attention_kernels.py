@@ -37,16 +37,29 @@ KERNELS = Registry("model.attention_impl")
 
 # ----------------------------------------------------------------------------- masks, bias
 
-def document_mask(segment_ids_bt: jax.Array) -> jax.Array:
-    """[B, 1, T, T] boolean: causal within the row and within the same document."""
-    return document_mask_block(segment_ids_bt, 0, segment_ids_bt.shape[1])
+def document_mask(segment_ids_bt: jax.Array, positions_bt: jax.Array | None = None,
+                  window: int = 0) -> jax.Array:
+    """[B, 1, T, T] boolean: causal within the row and within the same document (and, with
+    ``window`` > 0, key position > query position - window: sliding-window attention)."""
+    return document_mask_block(segment_ids_bt, 0, segment_ids_bt.shape[1], positions_bt,
+                               window)
 
 
-def document_mask_block(segment_ids_bt: jax.Array, start: int, stop: int) -> jax.Array:
+def document_mask_block(segment_ids_bt: jax.Array, start: int, stop: int,
+                        positions_bt: jax.Array | None = None, window: int = 0) -> jax.Array:
     """[B, 1, stop - start, stop] boolean: queries start..stop-1 against keys 0..stop-1."""
     causal_ts = np.arange(start, stop)[:, None] >= np.arange(stop)[None, :]
     same_bts = segment_ids_bt[:, start:stop, None] == segment_ids_bt[:, None, :stop]
-    return (causal_ts[None] & same_bts)[:, None]
+    mask_bts = causal_ts[None] & same_bts
+    if window:
+        mask_bts = mask_bts & window_mask(positions_bt[:, start:stop], positions_bt[:, :stop],
+                                          window)
+    return mask_bts[:, None]
+
+
+def window_mask(q_pos_bt: jax.Array, kv_pos_bs: jax.Array, window: int) -> jax.Array:
+    """[B, T, S] boolean: query position - key position < ``window`` (sliding window)."""
+    return q_pos_bt[:, :, None] - kv_pos_bs[:, None, :] < window
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -98,25 +111,29 @@ def dot_product_attention(q_bthd, k_bskd, v_bskd, mask_b1ts, bias_bhts=None):
 
 
 # ----------------------------------------------------------------------------- kernels
-# kernel(q_bthd, k_bthd, v_bthd, segment_ids_bt, positions_bt, slopes_h | None, chunks)
-#   -> out_bthd, for the full-sequence forward (keys = the same T tokens as the queries).
+# kernel(q_bthd, k_bthd, v_bthd, segment_ids_bt, positions_bt, slopes_h | None, chunks,
+#        window=0) -> out_bthd, for the full-sequence forward (keys = the same T tokens as
+# the queries); window > 0 adds the sliding-window condition pos_i - pos_j < window.
 
 @KERNELS.register("dense")
-def dense_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks):
+def dense_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks,
+                    window=0):
     del chunks
-    return dot_product_attention(q_bthd, k_btkd, v_btkd, document_mask(segment_ids_bt),
+    return dot_product_attention(q_bthd, k_btkd, v_btkd,
+                                 document_mask(segment_ids_bt, positions_bt, window),
                                  alibi_bias(slopes_h, positions_bt, positions_bt))
 
 
 @KERNELS.register("chunked")
-def chunked_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks):
+def chunked_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks,
+                      window=0):
     """Query blocks of ceil(T / chunks) rows, each against the keys up to its last row."""
     t = q_bthd.shape[1]
     size = -(-t // max(1, chunks))
     outs = []
     for start in range(0, t, size):
         stop = min(start + size, t)
-        mask = document_mask_block(segment_ids_bt, start, stop)
+        mask = document_mask_block(segment_ids_bt, start, stop, positions_bt, window)
         bias = alibi_bias(slopes_h, positions_bt[:, start:stop], positions_bt[:, :stop])
         outs.append(dot_product_attention(q_bthd[:, start:stop], k_btkd[:, :stop],
                                           v_btkd[:, :stop], mask, bias))
@@ -124,10 +141,11 @@ def chunked_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slop
 
 
 @KERNELS.register("jax")
-def jax_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks):
+def jax_attention(q_bthd, k_btkd, v_btkd, segment_ids_bt, positions_bt, slopes_h, chunks,
+                  window=0):
     """``jax.nn.dot_product_attention`` (cuDNN on GPUs when eligible, XLA elsewhere)."""
     del chunks
     bias = alibi_bias(slopes_h, positions_bt, positions_bt)
     out = jax.nn.dot_product_attention(q_bthd, k_btkd, v_btkd, bias=bias,
-                                       mask=document_mask(segment_ids_bt))
+                                       mask=document_mask(segment_ids_bt, positions_bt, window))
     return out.astype(v_btkd.dtype)

@@ -10,6 +10,7 @@ import ml_collections
 
 from kyx.errors import ConfigError
 from kyx.model.attention_kernels import KERNELS
+from kyx.model.mixers import MIXERS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -55,6 +56,14 @@ class ModelConfig:
     attention_impl: str = "chunked"
     attention_chunks: int = 4      # query blocks of "chunked" (1 = dense; 4 was fastest on
                                    # the CPU `small` step among 2, 4, 6, 8, 16)
+    # Attention kind per layer (kyx/model/mixers.py, docs/linear_attention.md): a
+    # comma-separated pattern cycled over the layers, e.g. "pla,swa"; kinds softmax, swa
+    # (sliding window), pla (prefix linear attention, JRT-RNN), linear (causal linear).
+    attention: str = "softmax"
+    attention_window: int = 0      # "swa": a query sees positions pos - window + 1 .. pos
+    pla_feature_dim: int = 16      # F of the Taylor map: 1 + F + F^2 state features per head
+    pla_prefix_len: int = 0        # M: tokens at position < M of their document are the prefix
+    pla_chunk: int = 64            # block length of the chunked linear-attention scan
 
     # HunYuan attention-weight reuse (docs/moe.md): training-time probability that a layer
     # reuses the previous layer's attention probabilities (needs the 'reuse' rng stream).
@@ -105,6 +114,31 @@ class ModelConfig:
             return ()
         k, n = self.moe_first_dense, self.moe_every
         return tuple(i for i in range(k, self.num_layers) if (i - k + 1) % n == 0)
+
+    @property
+    def attention_pattern(self) -> tuple[str, ...]:
+        """The kinds of one period of the layer pattern; a pattern repeating one kind is
+        that kind alone (its layers then scan as single Blocks)."""
+        kinds = tuple(k.strip() for k in self.attention.split(","))
+        return kinds[:1] if len(set(kinds)) == 1 else kinds
+
+    @property
+    def layer_kinds(self) -> tuple[str, ...]:
+        """The attention kind of every layer (the pattern cycled)."""
+        pattern = self.attention_pattern
+        return tuple(pattern[i % len(pattern)] for i in range(self.num_layers))
+
+    @property
+    def is_softmax(self) -> bool:
+        """Every layer is plain softmax attention (the default, HF-compatible model)."""
+        return self.attention_pattern == ("softmax",)
+
+    def require_softmax(self, what: str) -> None:
+        """ConfigError unless every layer is softmax attention: ``what`` needs a KV cache of
+        every layer or the plain parameter layout."""
+        if not self.is_softmax:
+            raise ConfigError(f"{what} needs softmax attention in every layer; "
+                              f"model.attention={self.attention!r} is not supported there yet")
 
     @property
     def rope(self) -> tuple:
@@ -158,7 +192,22 @@ class ModelConfig:
                 f"model.attn_reuse_prob must be in [0, 1], got {self.attn_reuse_prob}")
         if self.is_moe:
             self._validate_moe()
+        self._validate_attention()
         return self
+
+    def _validate_attention(self) -> None:
+        raw = tuple(k.strip() for k in self.attention.split(","))
+        for kind in raw:
+            check = MIXERS.get(kind).check    # an unknown kind: ConfigError naming the kinds
+            if check is not None:
+                check(self)
+        if self.num_layers % len(raw):
+            raise ConfigError(f"model.num_layers={self.num_layers} must be a multiple of the "
+                              f"{len(raw)} kinds of model.attention={self.attention!r}")
+        if not self.is_softmax and (self.is_moe or self.attn_reuse_prob > 0):
+            raise ConfigError(f"model.attention={self.attention!r} with mixture of experts or "
+                              f"attention-weight reuse (attn_reuse_prob) is not supported yet; "
+                              f"use model.attention='softmax'")
 
     def _validate_moe(self) -> None:
         e, k = self.moe_num_experts, self.moe_top_k

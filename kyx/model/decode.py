@@ -2,6 +2,8 @@
 
 Prompts of different lengths are right-padded into one batch; each row keeps its own
 position counter, so its cache slots are its positions (see attention.cache_mask).
+Layers of a linear-attention kind (model.attention "pla" / "linear") carry a recurrent
+state instead of a KV cache (kyx/model/pla.py); the loop is the same.
 Generation stops per row at EOS and for the batch when every row is done or
 ``max_new_tokens`` is reached. Everything runs inside one jit with no host syncs.
 

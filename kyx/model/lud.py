@@ -75,6 +75,7 @@ def _write_rows(buf_bn, new_bk, start_b):
 def _prefill(model, params, tokens_bp, batch_width: int):
     """Cache for the padded prompts (slots past a row's length are never visible before
     they are overwritten)."""
+    model.cfg.require_softmax("Lexical Unit Decoding (its rollback rewrites KV-cache slots)")
     b, p = tokens_bp.shape
     cache = init_cache(model.cfg, b, batch_width)
     positions_bp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))

@@ -6,8 +6,9 @@ scale)`` (symmetric, round to nearest, so ``|q| <= 127``), and ``w ~ q * scale``
 element the error is at most ``scale / 2``; per output of ``x @ w`` at most
 ``||x||_1 * scale / 2`` (tests/model/test_quant.py checks both).
 
-Quantised: the attention projections (wq, wk, wv, wo), the SwiGLU / shared-expert / expert
-FFN matrices and the output head: the weights a decode step streams through its matmuls.
+Quantised: the attention projections (wq, wk, wv, wo; PLA's wk_enc, wv_enc), the SwiGLU /
+shared-expert / expert FFN matrices and the output head: the weights a decode step
+streams through its matmuls.
 Kept float32: norms, biases, the MoE router (routing runs in float32 at highest
 precision) and an untied embedding table (a gather reads only the rows of the batch's
 tokens). A tied embedding is the output head too, so it is quantised per vocabulary row
@@ -39,6 +40,8 @@ CONTRACTION_AXES = {
     ("attn", "wk"): (-3,),
     ("attn", "wv"): (-3,),
     ("attn", "wo"): (-3, -2),     # [.., heads, head_dim, d]
+    ("attn", "wk_enc"): (-3,),    # prefix linear attention's encoder projections
+    ("attn", "wv_enc"): (-3,),
     ("head", "kernel"): (-1,),    # [vocab, d]
     **{(parent, name): (-2,)      # [.., d, f] and [.., f, d] (moe: [.., experts, d, f])
        for parent in ("mlp", "shared", "moe") for name in ("wi_gate", "wi_up", "wo")},

@@ -13,11 +13,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from kyx import axes as ax
-from kyx.model.attention import Attention
 from kyx.model.config import ModelConfig
 from kyx.model.layers import Embed, OutputHead, RMSNorm, SwiGLU
+from kyx.model.mixers import CACHE_AXES, MIXERS  # noqa: F401 (CACHE_AXES re-exported)
 from kyx.model.moe import PROBE_COLLECTION, MoE
 from kyx.model.quant import dequantize_params
 from kyx.sharding import constrain
@@ -26,12 +27,14 @@ from kyx.sharding import constrain
 class Block(nn.Module):
     """One pre-norm layer: x + Attn(RMSNorm(x)), then x + FFN(RMSNorm(x)).
 
-    The FFN is a SwiGLU (``mlp``) or, with ``sparse``, a mixture of experts (``moe``).
+    The FFN is a SwiGLU (``mlp``) or, with ``sparse``, a mixture of experts (``moe``);
+    the attention (``attn``) is the layer of attention kind ``kind`` (kyx/model/mixers.py).
     Scan interface: carry = (x_btd, prev_probs | None), xs = (cache | None, reuse | None);
     returns (carry, (new_cache, moe_stats | None)).
     """
     cfg: ModelConfig
     sparse: bool = False
+    kind: str = "softmax"
 
     @nn.compact
     def __call__(self, carry, xs, segment_ids_bt, positions_bt, router_in_btd):
@@ -39,9 +42,7 @@ class Block(nn.Module):
         x_btd, prev_probs = carry
         cache, reuse = xs
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attn_norm")(x_btd)
-        attn = Attention(cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.position,
-                         cfg.rope, cfg.init_std, dtype, cfg.qkv_bias, cfg.attention_impl,
-                         cfg.attention_chunks, param_dtype=pdtype, name="attn")
+        attn = MIXERS.get(self.kind)(cfg, name="attn")
         out, new_cache, probs = attn(h, segment_ids_bt, positions_bt, cache,
                                      prev_probs=prev_probs, reuse=reuse)
         x_btd = x_btd + out
@@ -80,6 +81,27 @@ class SuperBlock(nn.Module):
         return carry, (new_cache, stats)
 
 
+class PatternBlock(nn.Module):
+    """One period of a mixed attention pattern (``model.attention``, e.g. "pla,swa"): the
+    Blocks ``layer_0 .. layer_{n-1}`` of its n kinds. Scanned as one unit (num_layers / n
+    steps); its per-step cache is ``{"layer_i": that kind's cache}`` (kinds differ in
+    cache structure, so they cannot share one stacked axis)."""
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, carry, xs, segment_ids_bt, positions_bt, router_in_btd):
+        cache, _ = xs        # no attention reuse with mixed kinds (config validation)
+        block = _maybe_remat(Block, self.cfg)
+        caches = {}
+        for i, kind in enumerate(self.cfg.attention_pattern):
+            name = f"layer_{i}"
+            c = None if cache is None else cache[name]
+            layer = block(self.cfg, kind=kind, name=name)
+            carry, (caches[name], _) = layer(carry, (c, None), segment_ids_bt, positions_bt,
+                                             router_in_btd)
+        return carry, (None if cache is None else caches, None)
+
+
 def remat_policy(name: str):
     return {
         "full": jax.checkpoint_policies.nothing_saveable,
@@ -104,7 +126,7 @@ def dequantizing(module_cls):
                             mutable=True)
 
 
-def _scan(block, cfg: ModelConfig, length: int, name: str):
+def _scan(block, cfg: ModelConfig, length: int, name: str, **fields):
     return nn.scan(
         dequantizing(block),
         variable_axes={"params": 0, PROBE_COLLECTION: 0, "perturbations": 0,
@@ -114,11 +136,13 @@ def _scan(block, cfg: ModelConfig, length: int, name: str):
         length=length,
         unroll=max(1, min(cfg.scan_unroll, length)),
         metadata_params={nn.PARTITION_NAME: ax.LAYERS},
-    )(cfg, name=name)
+    )(cfg, name=name, **fields)
 
 
 class Decoder(nn.Module):
-    """Dense: ``layers`` = scan over ``num_layers`` Blocks (parameters stacked on `layers`).
+    """Dense: ``layers`` = scan over ``num_layers`` Blocks (parameters stacked on `layers`)
+    of the one attention kind of ``model.attention``; with a pattern of n > 1 kinds,
+    ``layers`` = scan over ``num_layers / n`` PatternBlocks (``layers/layer_i/...``).
 
     MoE (``moe_num_experts > 0``): ``dense_layers`` = scan over the ``moe_first_dense``
     prefix, then ``moe_layers`` = scan over SuperBlocks of ``moe_every`` layers whose last
@@ -137,8 +161,12 @@ class Decoder(nn.Module):
         dtype, pdtype = cfg.compute_dtype, cfg.storage_dtype
         self.embed = dequantizing(Embed)(cfg.vocab_size, cfg.d_model, cfg.init_std, dtype,
                                          pdtype)
-        if not cfg.is_moe:
-            self.layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.num_layers, "layers")
+        pattern = cfg.attention_pattern
+        if len(pattern) > 1:
+            self.layers = _scan(PatternBlock, cfg, cfg.num_layers // len(pattern), "layers")
+        elif not cfg.is_moe:
+            self.layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.num_layers, "layers",
+                                kind=pattern[0])
         else:
             if cfg.moe_first_dense:
                 self.dense_layers = _scan(_maybe_remat(Block, cfg), cfg, cfg.moe_first_dense,
@@ -220,10 +248,22 @@ def _split_layers(tree, k: int, s: int, n: int):
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> dict:
-    """Zero KV cache [layers, batch, max_len, kv_heads, head_dim] for `k` and `v`."""
+    """The zero decoding cache. One attention kind: that kind's cache stacked over the
+    layers (softmax: KV cache [layers, batch, max_len, kv_heads, head_dim] for `k` and `v`;
+    pla / linear: the state `s` [layers, batch, heads, P, head_dim], `z` [.., P]); a
+    pattern of n kinds: ``{"layer_i": kind i's cache over num_layers / n layers}``."""
     dtype = dtype or cfg.compute_dtype
-    shape = (cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.dim_per_head)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    pattern = cfg.attention_pattern
+    caches = {f"layer_{i}": MIXERS.get(kind).cache(cfg, cfg.num_layers // len(pattern), batch,
+                                                   max_len, dtype)
+              for i, kind in enumerate(pattern)}
+    return caches["layer_0"] if len(pattern) == 1 else caches
 
 
-CACHE_AXES = (ax.LAYERS, ax.ACT_BATCH, None, ax.ACT_KV_HEADS, None)
+def cache_axes(cfg: ModelConfig) -> dict:
+    """Logical axes of ``init_cache``'s arrays as PartitionSpecs (same tree), e.g. for
+    ``sharding.tree_shardings(cache_axes(cfg), abstract_cache, mesh, rules)``."""
+    pattern = cfg.attention_pattern
+    axes = {f"layer_{i}": {name: P(*names) for name, names in MIXERS.get(kind).cache_axes.items()}
+            for i, kind in enumerate(pattern)}
+    return axes["layer_0"] if len(pattern) == 1 else axes

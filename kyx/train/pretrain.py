@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -143,23 +144,38 @@ def build_step(cfg):
                              init=params_loader(cfg, model))
 
 
-def build(cfg) -> Trainer:
+def build(cfg, make_step: Callable | None = None,
+          eval_batch: Callable | None = None) -> Trainer:
+    """The pretraining Trainer. Variants of the objective reuse it (kyx/train/jrt.py):
+    ``make_step(tokenizer) -> StepSpec`` replaces ``build_step(cfg)`` once the tokenizer is
+    known (e.g. a loss needing a reserved id); ``eval_batch(batch) -> batch`` transforms
+    each validation batch before ``make_eval_fn``'s sums (e.g. which targets count)."""
     step = build_step(cfg)  # config errors before any data work
     corpus, tokenizer = pipeline.prepare(cfg.data)
     if cfg.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the "
                           f"tokenizer's {tokenizer.vocab_size}; raise model.vocab_size")
+    if make_step is not None:
+        step = make_step(tokenizer)
     split = pipeline.process_split()
     train_iter = pipeline.make_iterator(cfg.data, corpus, tokenizer, "train", **split)
     extra = ([source_eval_hook(cfg, corpus, tokenizer, split)]
              if isinstance(corpus, mixture.Mixture) else [])
     return make_trainer(
         cfg, step, train_iter=train_iter, batch_axes=BATCH_AXES,
-        eval_fn=make_eval_fn(step.models["policy"].module, cfg.data.seq_len, tokenizer.bos_id,
-                             token_byte_lengths(tokenizer, cfg.model.vocab_size)),
+        eval_fn=_with_batch(make_eval_fn(step.models["policy"].module, cfg.data.seq_len,
+                                         tokenizer.bos_id,
+                                         token_byte_lengths(tokenizer, cfg.model.vocab_size)),
+                            eval_batch),
         eval_batches=lambda: pipeline.make_iterator(cfg.data, corpus, tokenizer, "validation",
                                                     **split),
         summarize_eval=summarize_eval, tokenizer=tokenizer, hooks=extra)
+
+
+def _with_batch(eval_fn, transform: Callable | None):
+    if transform is None:
+        return eval_fn
+    return lambda params, batch: eval_fn(params, transform(batch))
 
 
 def source_eval_hook(cfg, corpus: mixture.Mixture, tokenizer, split: dict) -> hooks_lib.Hook:

@@ -28,6 +28,7 @@ register("ppo", "kyx.train.ppo")
 register("lud", "kyx.train.lud")
 register("sae", "kyx.analysis.sae_trainer")
 register("colbert", "kyx.train.colbert")
+register("jrt", "kyx.train.jrt")
 
 
 def trainer_module(name: str):

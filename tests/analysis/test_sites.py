@@ -22,6 +22,8 @@ VARIANTS = {
                                   moe_first_dense=1, moe_every=3,
                                   moe_router_input="embedding", moe_capacity_factor=4.0,
                                   norm_head=True),
+    "pla_swa_hybrid": dict(num_layers=4, attention="pla,swa", pla_prefix_len=3,
+                           attention_window=4, pla_chunk=4, pla_feature_dim=4),
 }
 
 
@@ -39,7 +41,7 @@ def _model(variant="dense_rope"):
     return module, params, (tokens_bt, segment_ids_bt, positions_bt)
 
 
-@pytest.mark.parametrize("variant", ["alibi_tied_unrolled"])
+@pytest.mark.parametrize("variant", ["alibi_tied_unrolled", "pla_swa_hybrid"])
 def test_layerwise_forward_equals_decoder(variant):
     module, params, batch = _model(variant)
     want_btv, _ = jax.jit(module.apply)({"params": params}, *batch)

@@ -64,11 +64,14 @@ def gcs(tmp_path_factory):
 
 
 def _train(env, cwd, overrides, workdir):
+    """`kyx train` on ``workdir``; the runs of a test share a persistent compilation cache
+    in ``cwd`` (the test is of the remote workdir, not of compiling one program 3 times)."""
+    cache = {"KYX_COMPILATION_CACHE": "1", "KYX_COMPILATION_CACHE_DIR": str(cwd / "jax_cache")}
     args = [sys.executable, "-m", "kyx", "train", "--config",
             os.path.join(ROOT, "configs", "pretrain.py") + ":tiny",
             "--workdir", workdir] + [f"--config.{o}" for o in overrides]
-    out = subprocess.run(args, env={**env, "PYTHONPATH": ROOT}, cwd=cwd, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(args, env={**env, **cache, "PYTHONPATH": ROOT}, cwd=cwd,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout + out.stderr
 

@@ -25,10 +25,18 @@ def test_cached_decoding_equals_full_forward(position):
     out = generate_padded(model, params, jnp.asarray(tokens), jnp.asarray(lengths),
                           jax.random.key(1), max_new_tokens=8, temperature=1.0,
                           return_logits=True)
+    # every prompt + its continuation in one right-padded full forward (causal: the
+    # padding after a row's tokens changes nothing before it)
+    rows = [p + np.asarray(out["tokens"][i]).tolist() for i, p in enumerate(prompts)]
+    width = max(map(len, rows))
+    full = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        full[i, :len(r)] = r
+    segments = (np.arange(width)[None] < np.array([len(r) for r in rows])[:, None])
+    logits, _ = model.apply({"params": params}, jnp.asarray(full),
+                            jnp.asarray(segments.astype(np.int32)))
     for i, p in enumerate(prompts):
-        full = jnp.asarray([p + np.asarray(out["tokens"][i]).tolist()], jnp.int32)
-        logits, _ = model.apply({"params": params}, full)
-        ref = np.asarray(logits[0, len(p) - 1: len(p) - 1 + 8])
+        ref = np.asarray(logits[i, len(p) - 1: len(p) - 1 + 8])
         np.testing.assert_allclose(np.asarray(out["logits"][i]), ref, atol=1e-4, rtol=1e-4)
 
 

@@ -21,15 +21,24 @@ def logits_and_grads(cfg, params, tokens):
     return logits, jax.grad(loss)(params)
 
 
-@pytest.mark.parametrize("unroll", [2, 4, 9])
-def test_unrolled_equals_loop(unroll):
-    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
-    params = Decoder(CFG).init(jax.random.key(0), tokens)["params"]
+TOKENS = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
+
+
+@pytest.fixture(scope="module")
+def loop_run():
+    """(params, logits and gradients of the layer loop), computed once for every case."""
+    params = Decoder(CFG).init(jax.random.key(0), TOKENS)["params"]
+    return params, jax.jit(lambda p: logits_and_grads(CFG, p, TOKENS))(params)
+
+
+# 2: two layers per scan step; 9 > num_layers: clamped to a full unroll
+@pytest.mark.parametrize("unroll", [2, 9])
+def test_unrolled_equals_loop(unroll, loop_run):
+    params, want = loop_run
     unrolled = dataclasses.replace(CFG, scan_unroll=unroll)
-    assert jax.tree.structure(Decoder(unrolled).init(jax.random.key(0), tokens)["params"]) \
+    assert jax.tree.structure(Decoder(unrolled).init(jax.random.key(0), TOKENS)["params"]) \
         == jax.tree.structure(params)
-    want = jax.jit(lambda p: logits_and_grads(CFG, p, tokens))(params)
-    got = jax.jit(lambda p: logits_and_grads(unrolled, p, tokens))(params)
+    got = jax.jit(lambda p: logits_and_grads(unrolled, p, TOKENS))(params)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
