@@ -150,7 +150,7 @@ def test_linear_decode_reports_the_pla_state_size_of_the_docs(capsys):
     """benchmarks/linear_decode.py runs and its PLA cache is docs/linear_attention.md's
     4 * H * P * (D + 1) bytes per layer and row (H 4, D 8, F 16: P 273), whatever the
     context."""
-    _script("linear_decode").main(["--kinds", "pla", "--contexts", "16", "--tokens", "2",
+    _script("linear_decode").main(["--kinds", "pla", "--contexts", "16", "--tokens", "4",
                                    "--repeats", "1", "--batch", "2", "--d-model", "32",
                                    "--vocab", "64"])
     (row,) = _lines(capsys)
