@@ -13,9 +13,8 @@ Each (variant, seed) cell trains a tiny kyx Decoder on freshly generated rows
 measures recall accuracy (argmax == value at every query) on ``--eval-rows`` held-out rows
 (seed 10**9 + s). A variant is model-config overrides (+ JRT prompting of the rows);
 ``pla_prefix_len = "context"`` means M = the row's context length, so the whole context is
-the non-causal prefix. A variant needing a ModelConfig field this kyx lacks is skipped with
-a message. Cells are written to ``<out>/cells/<variant>_seed<s>.json`` as they finish and
-skipped when present (resumable); ``results.json`` / ``results.md`` give mean ± std
+the non-causal prefix. Cells are written to ``<out>/cells/<variant>_seed<s>.json`` as they finish and
+skipped when present (resumable; an unreadable cell is an error naming it); ``results.json`` / ``results.md`` give mean ± std
 (ddof 1) over seeds.
 """
 from __future__ import annotations
@@ -68,13 +67,8 @@ def spec_for(args, jrt: bool) -> recall.RecallSpec:
     return recall.RecallSpec(args.pairs, args.queries, args.vocab, seq_len, jrt=jrt).validate()
 
 
-def model_config(args, variant: dict, spec: recall.RecallSpec) -> ModelConfig | str:
-    """The variant's ModelConfig, or why it cannot be built in this kyx."""
-    have = {f.name for f in dataclasses.fields(ModelConfig)}
-    missing = sorted(set(variant["model"]) - have)
-    if missing:
-        return (f"ModelConfig has no field {', '.join(missing)} (the attention kinds of "
-                "docs/linear_attention.md are not in this kyx yet)")
+def model_config(args, variant: dict, spec: recall.RecallSpec) -> ModelConfig:
+    """The variant's ModelConfig."""
     overrides = {k: (spec.context_len if v == CONTEXT else v) for k, v in variant["model"].items()}
     if args.feature_dim and "attention" in overrides:   # linear kinds' Taylor-map input F
         overrides["pla_feature_dim"] = args.feature_dim
@@ -94,16 +88,14 @@ class Program(NamedTuple):
     correct: object    # jitted (params, batch) -> (hits, queries)
 
 
-def program(args, name: str) -> Program | str:
-    """The variant's model, optimizer and jitted step / eval (or why it cannot be built)."""
+def program(args, name: str) -> Program:
+    """The variant's model, optimizer and jitted step / eval."""
     key = (name, json.dumps(settings(args), sort_keys=True))
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     variant = VARIANTS[name]
     spec = spec_for(args, variant["jrt"])
     cfg = model_config(args, variant, spec)
-    if isinstance(cfg, str):
-        return cfg
     model = Decoder(cfg)
     ocfg = optim.default_config()
     ocfg.lr, ocfg.warmup_steps = args.lr, min(100, max(args.steps // 10, 1))
@@ -131,10 +123,8 @@ def program(args, name: str) -> Program | str:
     return _PROGRAMS[key]
 
 
-def train_cell(args, name: str, seed: int) -> dict | str:
+def train_cell(args, name: str, seed: int) -> dict:
     prog = program(args, name)
-    if isinstance(prog, str):
-        return prog
     spec, cfg, step, correct = prog.spec, prog.cfg, prog.step, prog.correct
     variant = VARIANTS[name]
     example = recall.recall_batch(0, 1, spec)
@@ -167,7 +157,7 @@ def settings(args) -> dict:
     return {k: getattr(args, k) for k in SETTINGS}
 
 
-def summarize(args, cells: dict[str, list[dict]], skipped: dict[str, str]) -> tuple[dict, str]:
+def summarize(args, cells: dict[str, list[dict]]) -> tuple[dict, str]:
     results = {}
     for name, runs in cells.items():
         acc = [r["accuracy"] for r in runs]
@@ -186,9 +176,7 @@ def summarize(args, cells: dict[str, list[dict]], skipped: dict[str, str]) -> tu
     for name, r in results.items():
         lines.append(f"| {name} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
                      f"{r['n_seeds']} | {r['train_seconds']:.0f} |")
-    for name, why in skipped.items():
-        lines.append(f"| {name} | skipped: {why} | 0 | |")
-    return {"setup": setup, "results": results, "skipped": skipped}, "\n".join(lines) + "\n"
+    return {"setup": setup, "results": results}, "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -212,28 +200,27 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.queries = args.queries or args.pairs
     os.makedirs(os.path.join(args.out, "cells"), exist_ok=True)
-    cells, skipped = {}, {}
+    cells = {}
     for name in args.variants:
         for seed in range(args.seeds):
             path = os.path.join(args.out, "cells", f"{name}_seed{seed}.json")
             if os.path.exists(path):
-                with open(path) as f:
-                    cell = json.load(f)
+                try:
+                    with open(path) as f:
+                        cell = json.load(f)
+                except (OSError, json.JSONDecodeError) as e:
+                    raise SystemExit(f"{path} is unreadable ({e}); delete it to rerun the cell")
                 if cell.get("settings") != settings(args):
                     raise SystemExit(f"{path} was made with other settings ({cell.get('settings')}"
                                      f" vs {settings(args)}); give another --out or delete it")
                 print(f"{name} seed {seed}: done before ({cell['accuracy']:.3f})", flush=True)
             else:
                 cell = train_cell(args, name, seed)
-                if isinstance(cell, str):
-                    print(f"{name}: skipped: {cell}", flush=True)
-                    skipped[name] = cell
-                    break
                 atomic_write(path, json.dumps(cell, indent=1))
                 print(f"{name} seed {seed}: accuracy {cell['accuracy']:.3f} "
                       f"({cell['train_seconds']:.0f} s)", flush=True)
             cells.setdefault(name, []).append(cell)
-    out, text = summarize(args, cells, skipped)
+    out, text = summarize(args, cells)
     atomic_write(os.path.join(args.out, "results.json"), json.dumps(out, indent=1))
     atomic_write(os.path.join(args.out, "results.md"), text)
     print(text)
