@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.70,<5",
         "matplotlib>=3.11,<4",
         "numpy>=2.4,<3",
+        "scipy>=1.17,<2",  # HiGHS LP (interactions), curve fits (scaling), significance tests
         "zstandard>=0.25,<1",
         "safetensors>=0.8,<1",
         "regex>=2024.4,<2027",  # kyx/data/pretokenize.py: \p{L} / \p{N} classes of BPE pre-tokenisation

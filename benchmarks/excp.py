@@ -4,7 +4,8 @@ Trains `small` (default) on the embedded corpus with a checkpoint every `--every
 (ExCP on, all full checkpoints kept for comparison), then prints one JSON line per
 checkpoint (compression_ratio = fp32 params + m + v bytes over compressed bytes, compress
 and restore MB/s) and one line comparing an M-step continuation from the reconstructed
-checkpoint with one from the original (`eval_loss_delta_pct`).
+checkpoint with one from the original (`eval_loss_delta_pct`; kyx/train/continuation.py:
+both continue on the run's own learning-rate schedule).
 
 `--alphas 5e-4,5e-3` also recompresses the same full checkpoints with other weight-pruning
 strengths α (`kyx excp compress` on a copy whose config sets the α) and continues from
@@ -16,7 +17,6 @@ each reconstruction: the ratio / eval-loss trade-off, one `excp_alpha` line per 
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kyx import config as config_lib  # noqa: E402
 from kyx.commands import excp as excp_cli  # noqa: E402
 from kyx.checkpoint.excp import ExcpChain  # noqa: E402
-from kyx.metrics import read_metrics  # noqa: E402
 from kyx.train import loop, registry  # noqa: E402
+from kyx.train.continuation import continuation  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,10 +37,6 @@ def _cfg(size, steps, every, extra=()):
         f"train.steps={steps}", f"checkpoint.every={every}", f"train.eval_every={every}",
         "checkpoint.excp.enabled=true", f"checkpoint.excp.keep_full={steps // every + 1}",
         "checkpoint.keep=1000", "train.measure_mfu=false", *extra])
-
-
-def _final_eval(workdir):
-    return [r["eval/loss"] for r in read_metrics(workdir) if "eval/loss" in r][-1]
 
 
 def _chain_rows(chain_root, size, extra=None):
@@ -71,33 +67,6 @@ def _chain_ratios(chain_root):
             / sum(s["bytes"] for s in sizes)}
 
 
-def _continue(args, src, work, resume, extra=(), drop_full=False):
-    """Copy `src` to `work`, optionally delete the full checkpoint at `resume` (so only the
-    ExCP chain can provide it), train `--continue-steps` more; the final eval loss."""
-    shutil.rmtree(work, ignore_errors=True)  # a rerun over the same --workdir
-    shutil.copytree(src, work)
-    if drop_full:
-        shutil.rmtree(os.path.join(work, "checkpoints", str(resume)))
-    end = resume + args.continue_steps
-    cfg = _cfg(args.size, end, args.every, [f"checkpoint.resume_step={resume}",
-                                            f"train.eval_every={args.continue_steps}", *extra])
-    loop.run(registry.build(cfg), work)
-    return _final_eval(work)
-
-
-def _recompress(base, work, alpha):
-    """`work` = `base`'s full checkpoints compressed anew with weight-pruning strength α."""
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(base, work, ignore=shutil.ignore_patterns("excp"))
-    path = os.path.join(work, "config.json")
-    cfg = config_lib.load_json(path)
-    cfg.checkpoint.excp.alpha = alpha
-    config_lib.dump(cfg, path)
-    t0 = time.perf_counter()
-    excp_cli.compress(work)
-    return time.perf_counter() - t0
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="small")
@@ -114,8 +83,9 @@ def main():
         print(json.dumps(row), flush=True)
     # continuation: from the newest compressed step that is not the first of the chain
     resume = ExcpChain(os.path.join(base, "excp")).steps()[-1]
-    original = _continue(args, base, os.path.join(root, "original"), resume)
-    recon = _continue(args, base, os.path.join(root, "reconstructed"), resume, drop_full=True)
+    original = continuation(base, os.path.join(root, "original"), resume, args.continue_steps)
+    recon = continuation(base, os.path.join(root, "reconstructed"), resume,
+                         args.continue_steps, source="excp")
     print(json.dumps({
         "bench": "excp_continuation", "size": args.size, "resume_step": resume,
         "continue_steps": args.continue_steps, "eval_loss_original": original,
@@ -124,11 +94,12 @@ def main():
         **_chain_ratios(os.path.join(base, "excp"))}), flush=True)
     for alpha in [float(a) for a in args.alphas.split(",") if a]:
         work = os.path.join(root, f"alpha_{alpha:g}")
-        seconds = _recompress(base, work, alpha)
+        t0 = time.perf_counter()
+        excp_cli.recompress(base, work, alpha=alpha)
+        seconds = time.perf_counter() - t0
         for row in _chain_rows(os.path.join(work, "excp"), args.size, {"alpha": alpha}):
             print(json.dumps(row), flush=True)
-        loss = _continue(args, work, work + "_continued", resume,
-                         [f"checkpoint.excp.alpha={alpha}"], drop_full=True)
+        loss = continuation(work, work + "_continued", resume, args.continue_steps, "excp")
         print(json.dumps({
             "bench": "excp_alpha", "size": args.size, "alpha": alpha, "resume_step": resume,
             "continue_steps": args.continue_steps, "compress_seconds": seconds,

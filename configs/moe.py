@@ -83,3 +83,27 @@ def sweep() -> list[dict]:
         {"name": "lb_re", "overrides": common + ["model.moe_route_error_weight=0.01",
                                                  "model.moe_route_error_kappa=2.0"]},
     ]
+
+
+def routing_study() -> list[dict]:
+    """experiments/reproduce.py's MoE study (docs/results.md): load balancing only (the
+    baseline) vs + router z-loss (ST-MoE 1e-3), + kyx's routing-error loss over a small
+    (lambda, kappa) grid, HunYuan's word-embedding routing and attention-weight reuse
+    (p = 0.5), and a dense -> MoE warm start at equal total steps (``prepare``:
+    experiments/reproduce.py's ``upcycle_half``; experiments/sweep.py refuses this sweep)."""
+    lb = ["model.moe_aux_loss_weight=0.01", "model.moe_z_loss_weight=0.0",
+          "model.moe_route_error_weight=0.0"]
+
+    def re(lam: str, kappa: str) -> list[str]:
+        return lb[:2] + [f"model.moe_route_error_weight={lam}",
+                         f"model.moe_route_error_kappa={kappa}"]
+    return [
+        {"name": "lb", "overrides": lb},
+        {"name": "lb_z", "overrides": lb[:1] + lb[2:] + ["model.moe_z_loss_weight=1e-3"]},
+        {"name": "lb_re", "overrides": re("0.01", "2.0")},
+        {"name": "lb_re_l0.03", "overrides": re("0.03", "2.0")},
+        {"name": "lb_re_k1", "overrides": re("0.01", "1.0")},
+        {"name": "embed_route", "overrides": lb + ["model.moe_router_input=embedding"]},
+        {"name": "attn_reuse", "overrides": lb + ["model.attn_reuse_prob=0.5"]},
+        {"name": "upcycled", "overrides": lb, "prepare": "upcycle_half"},
+    ]

@@ -63,3 +63,39 @@ def scaling() -> list[dict]:
     common = ["train.eval_every=10", "data.eval_batches=0", "optim.schedule=cosine"]
     return [{"name": "lr3e-3", "overrides": common + ["optim.lr=3e-3"]},
             {"name": "lr1e-3", "overrides": common + ["optim.lr=1e-3"]}]
+
+
+# Studies of experiments/reproduce.py (docs/results.md): variants of the preset that differ
+# in one technique; the runner adds train.seed = data.seed = 0..K-1.
+
+def mile_study() -> list[dict]:
+    """MiLe (KwaiYii) vs cross entropy, gamma in {0.5, 1, 2} (1 is the paper's default)."""
+    return [{"name": "ce", "overrides": ["loss.name=ce"]}] + [
+        {"name": f"mile_g{g}", "overrides": ["loss.name=mile", f"loss.mile_gamma={g}"]}
+        for g in ("0.5", "1.0", "2.0")]
+
+
+def logit_study() -> list[dict]:
+    """Baichuan 2's max-z loss (2e-4) and PaLM's z-loss (1e-4) vs neither: at the preset's
+    learning rate in float32, and in bfloat16 compute at 10x the learning rate, where a
+    run that diverges shows up (non-finite steps are skipped, not fatal)."""
+    terms = {"ce": [], "max_z": ["loss.max_z_weight=2e-4"], "z_loss": ["loss.z_loss_weight=1e-4"]}
+    hot = ["model.dtype=bfloat16", "optim.lr=3e-2", "train.nan_policy=skip"]
+    return ([{"name": name, "overrides": o} for name, o in terms.items()]
+            + [{"name": f"{name}_bf16_hot", "overrides": o + hot} for name, o in terms.items()])
+
+
+def head_position_study() -> list[dict]:
+    """Baichuan 2's NormHead vs a plain output head, and ALiBi vs RoPE positions (the
+    runner also evaluates every run at twice the training length)."""
+    return [{"name": "rope", "overrides": []},
+            {"name": "normhead", "overrides": ["model.norm_head=true"]},
+            {"name": "alibi", "overrides": ["model.position=alibi"]}]
+
+
+def excp_study() -> list[dict]:
+    """ExCP's weight-pruning strength alpha (5e-5 is the paper's default) on one run per
+    seed: experiments/reproduce.py trains it once and recompresses its full checkpoints
+    per variant (``prepare``; experiments/sweep.py refuses this sweep)."""
+    return [{"name": f"a{a}", "overrides": [f"checkpoint.excp.alpha={a}"],
+             "prepare": "excp_shared_run"} for a in ("5e-5", "5e-4", "2e-3")]

@@ -33,7 +33,13 @@ from kyx.errors import ConfigError  # noqa: E402
 from kyx.metrics import read_metrics  # noqa: E402
 
 
-def load_sweep(spec: str, name: str) -> list[dict]:
+VARIANT_KEYS = ("name", "overrides")
+
+
+def load_sweep(spec: str, name: str, keys: tuple[str, ...] = VARIANT_KEYS) -> list[dict]:
+    """The variants of ``<name>()`` in the config file of ``spec``. A variant key outside
+    ``keys`` is an error: a runner that would ignore it (e.g. a study's ``prepare``, which
+    only experiments/reproduce.py runs) must not silently train something else."""
     path, _ = config_lib.split_spec(spec)
     module_spec = importlib.util.spec_from_file_location(f"_kyx_sweep_{path.stem}", path)
     if module_spec is None or not path.is_file():
@@ -47,6 +53,12 @@ def load_sweep(spec: str, name: str) -> list[dict]:
     names = [v["name"] for v in variants]
     if not variants or len(set(names)) != len(names):
         raise ConfigError(f"{path}:{name}() must return variants with unique names, got {names}")
+    for v in variants:
+        unknown = sorted(set(v) - set(keys))
+        if unknown:
+            raise ConfigError(f"{path}:{name}() variant {v['name']!r} has keys {unknown} that "
+                              f"this runner does not run (it knows {list(keys)}); "
+                              "run it with experiments/reproduce.py if it is a study")
     return variants
 
 

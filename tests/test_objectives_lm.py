@@ -70,6 +70,17 @@ def test_lm_loss_combines_terms():
     assert {"ce", "max_z", "z_loss", "loss"} <= set(metrics)
 
 
+def test_logit_stats_over_real_tokens_only():
+    # real tokens: rows 0, 1 (max 2.0, 0.3); the masked row's max 3.0 must not count
+    stats = lm.logit_stats(LOGITS, MASK)
+    lse = np.log(np.sum(np.exp(LOGITS[0, :2]), -1))
+    np.testing.assert_allclose(float(stats["logits/max_mean"]), (2.0 + 0.3) / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["logits/max_peak"]), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(float(stats["logits/lse_mean"]), lse.mean(), rtol=1e-6)
+    _, metrics = lm.lm_loss(LOGITS, TARGETS, MASK, {"name": "ce"})
+    assert float(metrics["logits/max_peak"]) == float(stats["logits/max_peak"])
+
+
 def test_per_position_loss_sums_and_counts():
     ce = _np_ce(LOGITS, TARGETS)
     positions = np.array([[0, 1, 0]])

@@ -15,12 +15,14 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
+from kyx import config as config_lib
 from kyx import sharding
 from kyx.checkpoint import excp_archive
 from kyx.checkpoint import workdir as workdir_lib
 from kyx.checkpoint.excp import ExcpChain
 from kyx.checkpoint.manager import Checkpointer
-from kyx.errors import CheckpointError
+from kyx.checkpoint.workdir_lock import FALLBACK_NAME, LOCK_NAME
+from kyx.errors import CheckpointError, ConfigError
 from kyx.train import registry
 from kyx.train import state as state_lib
 
@@ -49,6 +51,30 @@ def compress(workdir: str) -> list[dict]:
         state = excp_archive.read_state_numpy(ckpt.step_dir(step), abstract)
         out.append(excp_archive.append_state(chain, state, data))
     return out
+
+
+def recompress(src: str, dst: str, **options) -> list[dict]:
+    """``dst`` = a copy of ``src`` whose full checkpoints are compressed into a new chain
+    with ``checkpoint.excp.<key> = value`` for each option (e.g. ``alpha=5e-4``): other
+    ExCP settings compared on one run. ``src`` is not touched; returns the steps' stats."""
+    chain = os.path.abspath(excp_archive.chain_dir(src))
+
+    def ignore(directory, names):
+        return {n for n in names if n in (LOCK_NAME, FALLBACK_NAME)
+                or os.path.abspath(os.path.join(directory, n)) == chain}
+    shutil.rmtree(dst, ignore_errors=True)     # of an interrupted earlier copy
+    shutil.copytree(src, dst, ignore=ignore)
+    path = os.path.join(dst, "config.json")
+    cfg = config_lib.load_json(path)
+    unknown = sorted(set(options) - set(cfg.checkpoint.excp))
+    if unknown:
+        raise ConfigError(f"unknown checkpoint.excp option(s) {unknown}; known: "
+                          f"{sorted(cfg.checkpoint.excp)}")
+    cfg.checkpoint.excp.enabled = True
+    for key, value in options.items():
+        cfg.checkpoint.excp[key] = value
+    config_lib.dump(cfg, path)
+    return compress(dst)
 
 
 def restore(workdir: str, step: int, out_dir: str) -> str:

@@ -93,6 +93,17 @@ def z_loss(logits_btv, mask_bt, weight: float = 1e-4):
     return loss, {"z_loss": loss}
 
 
+def logit_stats(logits_btv, mask_bt):
+    """Logit-scale statistics over real tokens (what max-z and z-loss act on): the mean
+    and the largest per-token max logit, and the mean logsumexp (log Z)."""
+    z = logits_btv.astype(jnp.float32)
+    mask = mask_bt.astype(jnp.float32)
+    zmax_bt = jnp.max(z, axis=-1)
+    return {"logits/max_mean": _masked_mean(zmax_bt, mask),
+            "logits/max_peak": jnp.max(jnp.where(mask > 0, zmax_bt, -jnp.inf)),
+            "logits/lse_mean": _masked_mean(jax.nn.logsumexp(z, axis=-1), mask)}
+
+
 def per_position_loss(logits_btv, targets_bt, mask_bt, positions_bt, max_len: int):
     """Sum and count of CE per position-within-document (temporal scaling law input).
 
@@ -134,11 +145,11 @@ def check_config(cfg: Mapping) -> None:
 
 def lm_loss(logits_btv, targets_bt, mask_bt, cfg: Mapping):
     """The pretraining objective chosen in config (LM_LOSSES) plus every LM_TERMS entry
-    whose weight is non-zero (max-z, z-loss)."""
+    whose weight is non-zero (max-z, z-loss); metrics include ``logit_stats``."""
     loss, metrics = LM_LOSSES.get(cfg["name"]).fn(logits_btv, targets_bt, mask_bt, cfg)
     for term in LM_TERMS.entries():
         weight = cfg.get(term.weight, 0.0)
         if weight:
             extra, m = term.fn(logits_btv, targets_bt, mask_bt, weight)
             loss, metrics = loss + extra, {**metrics, **m}
-    return loss, {**metrics, "loss": loss}
+    return loss, {**metrics, **logit_stats(logits_btv, mask_bt), "loss": loss}

@@ -18,6 +18,9 @@ def default_config() -> ml_collections.ConfigDict:
         "min_lr_ratio": 0.1,     # final lr = lr * min_lr_ratio (cosine / linear)
         "warmup_steps": 100,
         "schedule": "cosine",    # "cosine" | "linear" | "constant" (after linear warmup)
+        # length the schedule decays over; 0: train.steps. Set it to stop a run early on
+        # another run's schedule (e.g. a short continuation from a mid-run checkpoint).
+        "schedule_steps": 0,
         "b1": 0.9,
         "b2": 0.95,
         "eps": 1e-8,
@@ -31,6 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """The learning rate per step; decays over ``cfg.schedule_steps`` (else total_steps)."""
+    total_steps = int(cfg.get("schedule_steps", 0)) or total_steps
+    if total_steps < 0:
+        raise ConfigError(f"optim.schedule_steps must be >= 0, got {total_steps}")
     warmup = int(cfg.warmup_steps)
     end = cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "cosine":

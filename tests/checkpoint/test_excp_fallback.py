@@ -15,6 +15,8 @@ from kyx.metrics import read_metrics
 from kyx.train import loop, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# its trained workdir is a module fixture: one xdist worker builds it (pytest.ini loadgroup)
+pytestmark = pytest.mark.xdist_group("test_excp_fallback")
 PRETRAIN = os.path.join(ROOT, "configs", "pretrain.py")
 EXCP = ["checkpoint.excp.enabled=true", "checkpoint.excp.keep_full=2", "checkpoint.every=4"]
 

@@ -22,6 +22,8 @@ from kyx.metrics import read_metrics
 from kyx.train import loop, pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# its trained workdir is a module fixture: one xdist worker builds it (pytest.ini loadgroup)
+pytestmark = pytest.mark.xdist_group("test_integrity")
 PRETRAIN = os.path.join(ROOT, "configs", "pretrain.py")
 
 
