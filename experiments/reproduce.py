@@ -79,6 +79,15 @@ def study(name: str, spec: Study) -> None:
     STUDIES.register(name, spec=spec)(lambda: spec)
 
 
+def read_json(path: str):
+    """A file this runner wrote; a damaged one is an error naming it (delete it to redo)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path} is unreadable ({e}); delete it to redo that step") from None
+
+
 # ----------------------------------------------------------------------------- measures
 @MEASURES.register("frequency")
 def _frequency(workdir: str, run: dict) -> dict:
@@ -135,13 +144,11 @@ def _excp_phases(workdir: str, run: dict) -> dict:
                        "needs checkpoint.every well below train.steps")
     cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
     cont = max(1, int(cfg.checkpoint.every) // 3)
-    with open(os.path.join(workdir, EXCP_BASE_FILE)) as f:
-        base = json.load(f)["base"]
+    base = read_json(os.path.join(workdir, EXCP_BASE_FILE))["base"]
     cache_path = os.path.join(base, "full_continuations.json")
     cache = {}
     if os.path.exists(cache_path):
-        with open(cache_path) as f:
-            cache = json.load(f)
+        cache = read_json(cache_path)
     rest = steps[1:]
     picks = dict(zip(EXCP_PHASES, (rest[0], rest[len(rest) // 2], rest[-1])))
     out = {"excp_chain_ratio": sum(stats[s]["orig_bytes"] for s in rest)
@@ -238,13 +245,13 @@ def _excp_shared_run(spec: str, overrides: list[str], study_dir: str, workdir: s
     shared = [o for o in overrides if not o.startswith(keys)]
     base = os.path.join(study_dir, "_prepare", "excp_run", f"seed{int(cfg.train.seed)}")
     stamp = os.path.join(base, "shared_overrides.json")
-    if os.path.exists(stamp):
-        with open(stamp) as f:
-            if json.load(f) != shared:
-                raise SystemExit(f"{base} was trained with other overrides; give another "
-                                 "--root or delete it")
+    if os.path.exists(stamp) and read_json(stamp) != shared:
+        raise SystemExit(f"{base} was trained with other overrides; give another --root or "
+                         "delete it")
+    if not os.path.exists(stamp):   # before training: an interrupted base is checked too
+        os.makedirs(base, exist_ok=True)
+        atomic_write(stamp, json.dumps(shared))
     sweep.run_variant(spec, shared, base)
-    atomic_write(stamp, json.dumps(shared))
     if not os.path.exists(os.path.join(workdir, EXCP_BASE_FILE)):
         excp_cli.recompress(base, workdir, **options)
         atomic_write(os.path.join(workdir, EXCP_BASE_FILE), json.dumps({"base": base}))
@@ -347,8 +354,7 @@ def run_once(spec: str, overrides: list[str], workdir: str, prepare_s: float = 0
     study. A finished run made with other overrides is refused, not silently reused."""
     path = os.path.join(workdir, RUN_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            run = json.load(f)
+        run = read_json(path)
         if run.get("overrides") != overrides:
             raise SystemExit(f"{workdir} was trained with other overrides ({run.get('overrides')}"
                              f" vs {overrides}); give another --root or delete it")
@@ -376,8 +382,7 @@ def measure(names, workdir: str, run: dict) -> dict:
     path = os.path.join(workdir, MEASURES_FILE)
     cached = {}
     if os.path.exists(path):
-        with open(path) as f:
-            cached = json.load(f)
+        cached = read_json(path)
     out = {}
     for name in names:
         if name not in cached:
@@ -496,8 +501,7 @@ def page(root: str, out: str) -> str:
     for name in STUDIES.names():
         path = os.path.join(root, name, "results.json")
         if os.path.exists(path):
-            with open(path) as f:
-                docs.append(json.load(f))
+            docs.append(read_json(path))
     lines = [PAGE_HEAD, "| study | runs | wall time (min) |", "|---|---:|---:|"]
     for d in docs:
         runs = sum(len(v["per_seed"]) for v in d["results"].values())
@@ -543,8 +547,7 @@ def main(argv=None) -> int:
         path = os.path.join(args.root, args.render, "results.json")
         if not os.path.exists(path):
             raise SystemExit(f"{path} does not exist: run --study {args.render} first")
-        with open(path) as f:
-            print(render(json.load(f)), end="")
+        print(render(read_json(path)), end="")
     if args.page:
         atomic_write(args.page, page(args.root, args.page))
         print(f"wrote {args.page}", flush=True)

@@ -197,6 +197,15 @@ def test_resume_reuses_runs_and_refuses_other_settings(study_root):
     with pytest.raises(SystemExit, match="other overrides"):
         exp.main(["--study", "head_position", "--root", str(root), "--seeds", "2",
                   "--steps", "3", *extra])
+    run_file = root / "head_position" / "rope" / "seed0" / exp.RUN_FILE
+    good = run_file.read_bytes()
+    run_file.write_bytes(good[:len(good) // 2])                     # a torn write
+    try:
+        with pytest.raises(SystemExit, match=f"{run_file}.*unreadable"):
+            exp.main(["--study", "head_position", "--root", str(root), "--seeds", "2",
+                      "--steps", "2", *extra])
+    finally:
+        run_file.write_bytes(good)
     with pytest.raises(SystemExit, match="no --config"):
         exp.main(["--config", "configs/pretrain.py:tiny", "--study", "mile"])
 
