@@ -487,9 +487,11 @@ PAGE_HEAD = """# Reproduced effects at small scale
 Written by `python experiments/reproduce.py --page docs/results.md` from each study's
 results.json (run every study with `--all`). A verdict compares variant and baseline over
 seeds with a two-sided test (Welch's t; Fisher's exact test for 0/1 outcomes such as
-divergence): **reproduced** (the claimed sign, p < 0.05), **opposite** (the other sign,
-p < 0.05) or **not at this scale** (inside the seed spread). Three seeds resolve only
-differences of a few standard errors; "not at this scale" is not evidence against a paper.
+divergence; a one-sample t-test for a claimed level such as ExCP's 50x): **reproduced** (the
+claimed sign, p < 0.05), **opposite** (the other sign, p < 0.05) or **not at this scale**
+(inside the seed spread). Three seeds resolve only differences of a few standard errors;
+"not at this scale" is not evidence against a paper. Wall times are this machine's (2 CPU
+cores), training and measurements included.
 """
 
 

@@ -10,6 +10,7 @@ compares the seeds with that target instead (one-sample t-test, ``compare_to_tar
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -38,7 +39,9 @@ def compare(baseline, variant, better: str, binary: bool = False,
     elif se == 0.0:
         p = 1.0 if diff == 0.0 else 0.0
     else:
-        p = float(stats.ttest_ind(v, b, equal_var=False).pvalue)
+        with warnings.catch_warnings():   # one side may be constant (e.g. all 1.0): fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(v, b, equal_var=False).pvalue)
     return {"diff": diff, "se": se, "p": p, "verdict": _verdict(diff, p, better, alpha)}
 
 
