@@ -90,7 +90,10 @@ def routing_study() -> list[dict]:
     baseline) vs + router z-loss (ST-MoE 1e-3), + kyx's routing-error loss over a small
     (lambda, kappa) grid, HunYuan's word-embedding routing and attention-weight reuse
     (p = 0.5), and a dense -> MoE warm start at equal total steps (``prepare``:
-    experiments/reproduce.py's ``upcycle_half``; experiments/sweep.py refuses this sweep)."""
+    experiments/reproduce.py's ``upcycle_half``; experiments/sweep.py refuses this sweep).
+
+        python experiments/reproduce.py --study moe_routing
+    """
     lb = ["model.moe_aux_loss_weight=0.01", "model.moe_z_loss_weight=0.0",
           "model.moe_route_error_weight=0.0"]
 

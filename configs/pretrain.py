@@ -69,7 +69,10 @@ def scaling() -> list[dict]:
 # in one technique; the runner adds train.seed = data.seed = 0..K-1.
 
 def mile_study() -> list[dict]:
-    """MiLe (KwaiYii) vs cross entropy, gamma in {0.5, 1, 2} (1 is the paper's default)."""
+    """MiLe (KwaiYii) vs cross entropy, gamma in {0.5, 1, 2} (1 is the paper's default).
+
+        python experiments/reproduce.py --study mile
+    """
     return [{"name": "ce", "overrides": ["loss.name=ce"]}] + [
         {"name": f"mile_g{g}", "overrides": ["loss.name=mile", f"loss.mile_gamma={g}"]}
         for g in ("0.5", "1.0", "2.0")]
@@ -78,7 +81,10 @@ def mile_study() -> list[dict]:
 def logit_study() -> list[dict]:
     """Baichuan 2's max-z loss (2e-4) and PaLM's z-loss (1e-4) vs neither: at the preset's
     learning rate in float32, and in bfloat16 compute at 10x the learning rate, where a
-    run that diverges shows up (non-finite steps are skipped, not fatal)."""
+    run that diverges shows up (non-finite steps are skipped, not fatal).
+
+        python experiments/reproduce.py --study logits
+    """
     terms = {"ce": [], "max_z": ["loss.max_z_weight=2e-4"], "z_loss": ["loss.z_loss_weight=1e-4"]}
     hot = ["model.dtype=bfloat16", "optim.lr=3e-2", "train.nan_policy=skip"]
     return ([{"name": name, "overrides": o} for name, o in terms.items()]
@@ -87,7 +93,10 @@ def logit_study() -> list[dict]:
 
 def head_position_study() -> list[dict]:
     """Baichuan 2's NormHead vs a plain output head, and ALiBi vs RoPE positions (the
-    runner also evaluates every run at twice the training length)."""
+    runner also evaluates every run at twice the training length).
+
+        python experiments/reproduce.py --study head_position
+    """
     return [{"name": "rope", "overrides": []},
             {"name": "normhead", "overrides": ["model.norm_head=true"]},
             {"name": "alibi", "overrides": ["model.position=alibi"]}]
@@ -96,6 +105,9 @@ def head_position_study() -> list[dict]:
 def excp_study() -> list[dict]:
     """ExCP's weight-pruning strength alpha (5e-5 is the paper's default) on one run per
     seed: experiments/reproduce.py trains it once and recompresses its full checkpoints
-    per variant (``prepare``; experiments/sweep.py refuses this sweep)."""
+    per variant (``prepare``; experiments/sweep.py refuses this sweep).
+
+        python experiments/reproduce.py --study excp
+    """
     return [{"name": f"a{a}", "overrides": [f"checkpoint.excp.alpha={a}"],
              "prepare": "excp_shared_run"} for a in ("5e-5", "5e-4", "2e-3")]
