@@ -103,11 +103,13 @@ def head_position_study() -> list[dict]:
 
 
 def excp_study() -> list[dict]:
-    """ExCP's weight-pruning strength alpha (5e-5 is the paper's default) on one run per
-    seed: experiments/reproduce.py trains it once and recompresses its full checkpoints
+    """ExCP's weight-pruning strength alpha (5e-5 is the paper's default), and pruning
+    chosen per tensor to bound the weight error instead, on one run per seed: experiments/reproduce.py trains it once and recompresses its full checkpoints
     per variant (``prepare``; experiments/sweep.py refuses this sweep).
 
         python experiments/reproduce.py --study excp
     """
     return [{"name": f"a{a}", "overrides": [f"checkpoint.excp.alpha={a}"],
-             "prepare": "excp_shared_run"} for a in ("5e-5", "5e-4", "2e-3")]
+             "prepare": "excp_shared_run"} for a in ("5e-5", "5e-4", "2e-3")] + [
+        {"name": "werr1e-2", "overrides": ["checkpoint.excp.max_werr=0.01"],
+         "prepare": "excp_shared_run"}]   # error-bounded pruning: ||W - W_hat|| <= 1% ||W||

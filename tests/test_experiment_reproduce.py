@@ -12,6 +12,7 @@ import pytest
 
 from kyx.analysis import heldout, verdict
 from kyx.checkpoint.excp import ExcpChain
+from kyx.checkpoint.workdir_lock import WorkdirLock
 from kyx.errors import CheckpointError, ConfigError
 from kyx.metrics import read_metrics
 from kyx.train import continuation
@@ -65,6 +66,19 @@ def test_frequency_buckets_split_training_mass_80_15_5():
     np.testing.assert_array_equal(heldout.frequency_buckets(counts), [2, 0, 2, 1, 1, 2])
 
 
+def _study_env(root, devices: int) -> dict:
+    """The environment of the studies' processes: ``devices`` simulated CPU devices and one
+    persistent compilation cache beside ``root``, so that a later process continuing a
+    study's run loads the very executables that trained it (separate compilations of one
+    program need not agree to the last bit)."""
+    flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+    if devices > 1:
+        flags += f" --xla_force_host_platform_device_count={devices}"
+    return {**os.environ, "PYTHONPATH": ROOT, "KYX_COMPILATION_CACHE": "1",
+            "XLA_FLAGS": flags.strip(),
+            "KYX_COMPILATION_CACHE_DIR": str(root.parent / f"{root.name}_jax_cache")}
+
+
 @pytest.fixture(scope="module")
 def study_root(tmp_path_factory, fast_overrides):
     """Every study at 2 steps (excp: 6), head_position with 2 seeds (real p-values), the
@@ -73,16 +87,18 @@ def study_root(tmp_path_factory, fast_overrides):
     exp = _reproduce()
     root = tmp_path_factory.mktemp("reproduce")
     extra = [f"--config.{o}" for o in fast_overrides]
-    env = {**os.environ, "PYTHONPATH": ROOT, "KYX_COMPILATION_CACHE": "1",
-           "KYX_COMPILATION_CACHE_DIR": str(root.parent / f"{root.name}_jax_cache")}
-    # the excp study needs a chain of 3 checkpoints: 6 steps, one every 2
-    for name, seeds, steps, more in (("head_position", 2, 2, []), ("mile", 1, 2, []),
-                                     ("logits", 1, 2, []), ("moe_routing", 1, 2, []),
-                                     ("excp", 1, 6, ["--config.checkpoint.every=2"])):
+    # one device where the test reads only the study's bookkeeping (sharding is tested
+    # elsewhere); the excp study on 8, as a test continues its run. It needs a chain of 3
+    # checkpoints: 6 steps, one every 2.
+    one, eight = _study_env(root, 1), _study_env(root, 8)
+    for name, seeds, steps, more, study_env in (
+            ("head_position", 2, 2, [], one), ("mile", 1, 2, [], one), ("logits", 1, 2, [], one),
+            ("moe_routing", 1, 2, [], one),
+            ("excp", 1, 6, ["--config.checkpoint.every=2"], eight)):
         proc = subprocess.run(
             [sys.executable, os.path.join(ROOT, "experiments", "reproduce.py"), "--study", name,
              "--root", str(root), "--seeds", str(seeds), "--steps", str(steps), *extra, *more],
-            env=env, capture_output=True, text=True)
+            env=study_env, capture_output=True, text=True)
         assert proc.returncode == 0, (name, proc.stdout[-4000:], proc.stderr[-4000:])
     return exp, root, extra
 
@@ -117,6 +133,14 @@ def test_every_study_runs_and_renders_from_its_json(study_root, capsys):
     assert all(f"## {exp.STUDIES.get(n).spec.title}" in text for n in exp.STUDIES.names())
     assert all(f"(results/{n}.png)" in text and (root / "results" / f"{n}.png").exists()
                for n in exp.STUDIES.names())
+    # a later page from a root without these runs keeps them from the copies beside it
+    elsewhere = root / "other_session"
+    elsewhere.mkdir()
+    assert exp.main(["--page", str(page), "--root", str(elsewhere)]) == 0
+    assert page.read_text() == text
+    (root / "results" / "mile.json").unlink()
+    assert exp.main(["--page", str(page), "--root", str(elsewhere)]) == 0
+    assert "Not run yet: mile." in page.read_text() and "## MiLe" not in page.read_text()
 
 
 @pytest.mark.slow
@@ -140,19 +164,24 @@ def test_excp_variants_share_one_run_and_measure_each_phase(study_root):
     base = root / "excp" / "_prepare" / "excp_run" / "seed0"
     assert len(json.loads((base / "full_continuations.json").read_text())) == 2  # steps 4, 6
     ratios = []
-    for name, alpha in (("a5e-5", 5e-5), ("a5e-4", 5e-4), ("a2e-3", 2e-3)):
+    for name, key, value in (("a5e-5", "alpha", 5e-5), ("a5e-4", "alpha", 5e-4),
+                             ("a2e-3", "alpha", 2e-3), ("werr1e-2", "max_werr", 0.01)):
         r = doc["results"][name]
         cfg = json.loads((root / "excp" / name / "config.json").read_text())
-        assert cfg["checkpoint"]["excp"]["alpha"] == alpha
+        assert cfg["checkpoint"]["excp"][key] == value
         # the variants are copies of one run: identical training, different chains
         assert r["eval_loss"] == doc["results"]["a5e-5"]["eval_loss"]
         assert (r["excp_step_early"], r["excp_step_mid"], r["excp_step_late"]) == (4, 6, 6)
         assert r["excp_continue_steps"] == 1
         assert all(np.isfinite(r[f"excp_dloss_pct_{p}"]) for p in exp.EXCP_PHASES)
         ratios.append(r["excp_ratio_late"])
-        assert not (root / "excp" / f"{name}_continuations").exists()
+        # the paper's protocol: a chain begun late (step 4 stored losslessly, then step 6)
+        assert r["excp_step_latechain_start"] == 4 and np.isfinite(r["excp_dloss_pct_latechain"])
+        assert r["excp_ratio_latechain"] > 1
+        for scratch in ("_continuations", "_late_chain"):
+            assert not (root / "excp" / f"{name}{scratch}").exists()
     assert ratios[0] <= ratios[1] <= ratios[2]      # a larger alpha prunes more
-    assert [c["verdict"] for c in doc["claims"]] == ["single seed"] * 4
+    assert [c["verdict"] for c in doc["claims"]] == ["single seed"] * 16
 
 
 @pytest.mark.slow
@@ -167,9 +196,15 @@ def test_continuation_from_a_full_checkpoint_retraces_the_run(study_root, tmp_pa
     assert max(r["step"] for r in read_metrics(copy)) <= 4
     assert sorted(os.listdir(base / "excp")) == chain_before          # source untouched
     # steps 5-6 again from step 4, on the run's own 6-step schedule: the run's own eval
+    # (in a process like the study's, with its compiled programs)
     run_eval = [r["eval/loss"] for r in read_metrics(str(base)) if "eval/loss" in r][-1]
-    again = continuation.continuation(str(base), str(tmp_path / "again"), 4, 2)
-    assert again == run_eval
+    code = ("import kyx; kyx.enable_compilation_cache(); "
+            "from kyx.train.continuation import continuation; "
+            f"print(repr(continuation({str(base)!r}, {str(tmp_path / 'again')!r}, 4, 2)))")
+    proc = subprocess.run([sys.executable, "-c", code], env=_study_env(root, 8),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) == run_eval
     cfg = json.loads((tmp_path / "again" / "config.json").read_text())
     assert cfg["optim"]["schedule_steps"] == 6 and cfg["train"]["steps"] == 6
     with pytest.raises(CheckpointError, match="no ExCP step 5"):
@@ -208,6 +243,10 @@ def test_resume_reuses_runs_and_refuses_other_settings(study_root):
         run_file.write_bytes(good)
     with pytest.raises(SystemExit, match="no --config"):
         exp.main(["--config", "configs/pretrain.py:tiny", "--study", "mile"])
+    with WorkdirLock(str(root / "head_position"), "reproduce --study head_position"):
+        with pytest.raises(SystemExit, match="in use by"):    # a second process on it
+            exp.main(["--study", "head_position", "--root", str(root), "--seeds", "2",
+                      "--steps", "2", *extra])
 
 
 @pytest.mark.slow

@@ -49,6 +49,9 @@ class ExcpOptions:
     coder: str = "zstd"        # lossless back end: "zstd" | "lzma" | "none"
     level: int | None = None   # coder level; None: zstd 3, lzma 6
     kmeans_iters: int = 300
+    # > 0: error-bounded pruning instead of alpha: per tensor, the strongest pruning factor
+    # of BOUNDED_FACTORS whose reconstruction keeps ||W - W_hat|| <= max_werr * ||W||
+    max_werr: float = 0.0
 
     def __post_init__(self):
         if self.bits not in BITS:
@@ -59,6 +62,9 @@ class ExcpOptions:
             raise ConfigError(f"excp coder must be one of {store.CODERS}, got {self.coder!r}")
         if self.alpha < 0 or self.beta < 0:
             raise ConfigError(f"excp alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
+        if not 0 <= self.max_werr < 1:
+            raise ConfigError(f"excp max_werr must be in [0, 1) (0: use alpha), got "
+                              f"{self.max_werr}")
 
     @property
     def lossless(self) -> bool:
@@ -96,19 +102,48 @@ def encode_tensor(w: np.ndarray, m: np.ndarray, v: np.ndarray, base: np.ndarray,
                   "m": _raw_group(m), "v": _raw_group(v)}
         return groups, (w.copy(), m.copy(), v.copy())
     dw = w - base
-    if opts.prune:
+    q_w, factor = None, None
+    if opts.prune and opts.max_werr:
+        dw, keep, factor, q_w = _bounded_weight_residual(w, dw, v, opts)
+        m, v, _ = prune_moments(m, v, opts.beta, keep)
+    elif opts.prune:
         dw, keep, _ = prune_weight_residual(dw, v, opts.alpha)
         m, v, _ = prune_moments(m, v, opts.beta, keep)
     groups, decoded = {}, []
     for g, x, space in (("w", dw, "linear"), ("m", m, "linear"), ("v", v, opts.v_space)):
         if opts.quantize:
-            q = quantize(x, opts.bits, space, opts.kmeans_iters)
+            q = q_w if g == "w" and q_w is not None else quantize(x, opts.bits, space,
+                                                                  opts.kmeans_iters)
             groups[g] = _quantized_group(q, int(np.count_nonzero(q.indices)))
             decoded.append(dequantize(q))
         else:
             groups[g] = _raw_group(x)
             decoded.append(x)
+    if factor is not None:
+        groups["w"][0]["factor"] = factor
     return groups, (_add(base, decoded[0]), decoded[1], decoded[2])
+
+
+# The error-bounded mode's pruning factors (r_w / median|dw|), strongest first; 0 prunes
+# nothing (only quantization error is left).
+BOUNDED_FACTORS = (2.5, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.0)
+
+
+def _bounded_weight_residual(w: np.ndarray, dw: np.ndarray, v: np.ndarray, opts: ExcpOptions):
+    """ExCP at a weight-error bound instead of a fixed alpha: alpha / sqrt(mean v) ties the
+    pruning strength to the gradient scale, so one alpha prunes too little early in a run
+    and may prune too much where the residual is large next to the weight. This takes the
+    first factor of BOUNDED_FACTORS whose pruned and quantized residual keeps this
+    tensor's ||W - W_hat|| <= max_werr ||W|| (factor 0 if none does); returns (pruned,
+    keep_mask, factor, its quantization or None)."""
+    bound2 = opts.max_werr ** 2 * float(np.sum(np.square(w, dtype=np.float64)))
+    for factor in BOUNDED_FACTORS:
+        pruned, keep, _ = prune_weight_residual(dw, v, factor=factor)
+        q = quantize(pruned, opts.bits, "linear", opts.kmeans_iters) if opts.quantize else None
+        hat = dequantize(q) if q is not None else pruned
+        if float(np.sum(np.square(dw - hat, dtype=np.float64))) <= bound2:
+            break
+    return pruned, keep, factor, q
 
 
 def decode_group(meta: dict, raw: bytes, shape: tuple, base: np.ndarray | None = None

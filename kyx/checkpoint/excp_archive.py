@@ -46,13 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
         "beta": 2.0,             # momentum pruning: keep |m| > beta * mean|m|
         "bits": 4,               # k-means codes per value (2^bits - 1 centroids + exact zero)
         "coder": "zstd",         # zstd | lzma
+        "max_werr": 0.0,         # > 0: per-tensor pruning keeping ||W - W_hat|| / ||W|| <= this
         "keep_full": 2,          # full Orbax checkpoints kept next to the chain
         "restart_chain": False,  # on resume: set the chain aside, start a fresh one from there
     })
 
 
 def options_from_config(cfg) -> ExcpOptions:
-    return ExcpOptions(alpha=cfg.alpha, beta=cfg.beta, bits=cfg.bits, coder=cfg.coder)
+    return ExcpOptions(alpha=cfg.alpha, beta=cfg.beta, bits=cfg.bits, coder=cfg.coder,
+                       max_werr=cfg.get("max_werr", 0.0))  # absent in older workdirs
 
 
 def chain_dir(workdir: str) -> str:
@@ -71,7 +73,7 @@ def read_state_numpy(step_dir: str, abstract_state):
                               multiprocessing_options=alone)
     try:
         state = reader.restore(
-            os.path.join(step_dir, "state"),
+            as_path(step_dir) / "state",     # Orbax wants an absolute path or URL
             args=ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args))
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {step_dir} for ExCP: {e}") from e

@@ -13,15 +13,21 @@ BITS = (2, 4, 8)
 SPACES = ("linear", "log", "sqrt")
 
 
-def prune_weight_residual(dw: np.ndarray, v: np.ndarray, alpha: float = 5e-5
-                          ) -> tuple[np.ndarray, np.ndarray, float]:
+MAX_PRUNE_FACTOR = 2.5   # the paper's cap on r_w / median|dw|
+
+
+def prune_weight_residual(dw: np.ndarray, v: np.ndarray, alpha: float = 5e-5,
+                          factor: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """Zero the small entries of a weight residual; returns (pruned, keep_mask, r_w).
 
     r_w = min(alpha / sqrt(mean(v)), 2.5) * median|dw|, with mean(v) the per-tensor mean
-    of the raw second moment (factor 2.5 when mean(v) == 0). Keeps |dw| > r_w.
+    of the raw second moment (factor 2.5 when mean(v) == 0). Keeps |dw| > r_w. A given
+    ``factor`` replaces min(alpha / sqrt(mean(v)), 2.5) (the error-bounded mode).
     """
-    mean_v = float(np.mean(v, dtype=np.float64)) if v.size else 0.0
-    factor = min(alpha / np.sqrt(mean_v), 2.5) if mean_v > 0 else 2.5
+    if factor is None:
+        mean_v = float(np.mean(v, dtype=np.float64)) if v.size else 0.0
+        factor = (min(alpha / np.sqrt(mean_v), MAX_PRUNE_FACTOR) if mean_v > 0
+                  else MAX_PRUNE_FACTOR)
     abs_dw = np.abs(dw)
     r_w = float(factor * np.median(abs_dw)) if dw.size else 0.0
     keep = abs_dw > r_w

@@ -36,7 +36,9 @@ def _abstract_state(workdir: str):
     return cfg, abstract
 
 
-def compress(workdir: str) -> list[dict]:
+def compress(workdir: str, start: int = 0) -> list[dict]:
+    """Append every full checkpoint newer than the chain's newest step (and >= ``start``:
+    a chain begun late in a run, whose first entry is that step stored losslessly)."""
     cfg, abstract = _abstract_state(workdir)
     chain = ExcpChain(excp_archive.chain_dir(workdir),
                       excp_archive.options_from_config(cfg.checkpoint.excp))
@@ -44,7 +46,7 @@ def compress(workdir: str) -> list[dict]:
     newest = chain.steps()[-1] if chain.steps() else -1
     out = []
     for step in ckpt.steps():
-        if step <= newest:
+        if step <= newest or step < start:
             continue
         data = ckpt.manager.restore(step, args=ocp.args.Composite(
             data=ocp.args.JsonRestore()))["data"]
@@ -53,10 +55,11 @@ def compress(workdir: str) -> list[dict]:
     return out
 
 
-def recompress(src: str, dst: str, **options) -> list[dict]:
-    """``dst`` = a copy of ``src`` whose full checkpoints are compressed into a new chain
-    with ``checkpoint.excp.<key> = value`` for each option (e.g. ``alpha=5e-4``): other
-    ExCP settings compared on one run. ``src`` is not touched; returns the steps' stats."""
+def recompress(src: str, dst: str, start: int = 0, **options) -> list[dict]:
+    """``dst`` = a copy of ``src`` whose full checkpoints (from step ``start`` on) are
+    compressed into a new chain with ``checkpoint.excp.<key> = value`` for each option
+    (e.g. ``alpha=5e-4``): other ExCP settings compared on one run. ``src`` is not
+    touched; returns the steps' stats."""
     chain = os.path.abspath(excp_archive.chain_dir(src))
 
     def ignore(directory, names):
@@ -66,15 +69,15 @@ def recompress(src: str, dst: str, **options) -> list[dict]:
     shutil.copytree(src, dst, ignore=ignore)
     path = os.path.join(dst, "config.json")
     cfg = config_lib.load_json(path)
-    unknown = sorted(set(options) - set(cfg.checkpoint.excp))
+    known = set(excp_archive.default_config()) | set(cfg.checkpoint.excp)  # older workdirs
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise ConfigError(f"unknown checkpoint.excp option(s) {unknown}; known: "
-                          f"{sorted(cfg.checkpoint.excp)}")
+        raise ConfigError(f"unknown checkpoint.excp option(s) {unknown}; known: {sorted(known)}")
     cfg.checkpoint.excp.enabled = True
     for key, value in options.items():
         cfg.checkpoint.excp[key] = value
     config_lib.dump(cfg, path)
-    return compress(dst)
+    return compress(dst, start)
 
 
 def restore(workdir: str, step: int, out_dir: str) -> str:

@@ -11,7 +11,7 @@ from kyx.checkpoint.excp import (ExcpChain, ExcpOptions, dequantize, flat_to_tre
                                  kmeans_1d, pack_indices, prune_moments, prune_weight_residual,
                                  quantize, unflatten_adam, unpack_indices)
 from kyx.checkpoint.excp_store import StepReader
-from kyx.errors import CheckpointError
+from kyx.errors import CheckpointError, ConfigError
 
 F32 = np.float32
 
@@ -135,6 +135,7 @@ def test_lossless_options_bit_exact(tmp_path, reference):
 
 @pytest.mark.parametrize("reference", ["lossless", "zeros", "init"])
 @pytest.mark.parametrize("opts", [ExcpOptions(), ExcpOptions(quantize=False),
+                                  ExcpOptions(max_werr=0.05),
                                   ExcpOptions(prune=False, bits=2, v_space="log", coder="lzma")])
 def test_chain_of_five_matches_fresh_reader(tmp_path, reference, opts):
     rng = np.random.default_rng(2)
@@ -158,6 +159,30 @@ def test_chain_of_five_matches_fresh_reader(tmp_path, reference, opts):
     _, rec = fresh.append(600, w, m, v, return_reconstruction=True)
     assert all(bits_equal(a[k], b[k]) for a, b in zip(rec, ExcpChain(tmp_path).reconstruct(600))
                for k in SHAPES)
+
+
+def test_error_bounded_pruning_keeps_each_tensor_within_its_bound(tmp_path):
+    """max_werr replaces alpha: per tensor, the strongest pruning whose reconstruction stays
+    within ||W - W_hat|| <= max_werr ||W||; a residual 1% of ||W|| can go to the 2.5 x
+    median cap (~10% of a Gaussian kept) at a 2% bound, not at 0.2%."""
+    rng = np.random.default_rng(6)
+    w0 = {"a": rng.standard_normal((64, 48)).astype(F32)}
+    dw = (1e-2 * rng.standard_normal((64, 48))).astype(F32)
+    w1 = {"a": w0["a"] + dw}
+    m = {"a": (1e-3 * rng.standard_normal((64, 48))).astype(F32)}
+    v = {"a": np.square(m["a"])}
+    kept = {}
+    for bound in (2e-3, 5e-3, 2e-2):
+        chain = ExcpChain(tmp_path / str(bound), ExcpOptions(max_werr=bound))
+        chain.append(0, w0, m, v)
+        stats, (w_hat, _, _) = chain.append(1, w1, m, v, return_reconstruction=True)
+        err = np.linalg.norm(w1["a"] - w_hat["a"]) / np.linalg.norm(w1["a"])
+        assert err <= bound and stats["groups"]["w"]["rel_err"] == pytest.approx(err, rel=1e-4)
+        kept[bound] = stats["groups"]["w"]["kept"]
+    capped = np.mean(prune_weight_residual(dw, v["a"], factor=2.5)[1])
+    assert kept[2e-3] > kept[5e-3] > kept[2e-2] == pytest.approx(capped)
+    with pytest.raises(ConfigError, match="max_werr"):
+        ExcpOptions(max_werr=1.0)
 
 
 def test_pruned_entries_decode_to_zero(tmp_path):

@@ -138,3 +138,12 @@ def test_edited_opt_scalars_is_a_checksum_error(fast_overrides, run, tmp_path, c
     _truncate_full(run, [4])
     with pytest.raises(CheckpointError, match="checksum"):
         _run(fast_overrides, run, ["train.steps=12", "checkpoint.resume_step=4"])
+
+
+
+def test_relative_workdir_trains_and_compresses(fast_overrides, tmp_path, monkeypatch):
+    """A workdir given relative to the working directory: the ExCP writer reads each full
+    checkpoint through Orbax, which takes absolute paths only."""
+    monkeypatch.chdir(tmp_path)
+    _run(fast_overrides, "run", ["train.steps=4"])
+    assert ExcpChain(os.path.join("run", "excp")).steps() == [4]
