@@ -540,8 +540,10 @@ seeds with a two-sided test (Welch's t; Fisher's exact test for 0/1 outcomes suc
 divergence; a one-sample t-test for a claimed level such as ExCP's 50x): **reproduced** (the
 claimed sign, p < 0.05), **opposite** (the other sign, p < 0.05) or **not at this scale**
 (inside the seed spread). Three seeds resolve only differences of a few standard errors;
-"not at this scale" is not evidence against a paper. Wall times are this machine's (2 CPU
-cores), training and measurements included.
+"not at this scale" is not evidence against a paper. Each study's results.json is kept in
+docs/results/ beside its loss-curve PNG, so the page gathers studies run in different
+sessions. Wall times are as measured on this 2-core machine, training and measurements
+included, usually one core per study with other jobs beside it: upper bounds.
 """
 
 

@@ -3,8 +3,9 @@ import os
 
 # 8 simulated devices; and XLA's CPU backend without LLVM's expensive passes: a tiny test
 # program runs in milliseconds but takes seconds to compile, so compiling it at -O0 cuts
-# the suite's time by about a third (HLO-level optimisation and float semantics are the
-# same: no fast-math either way)
+# the suite's time by about a third. HLO-level optimisation is unchanged and there is no
+# fast-math either way, but the last bits may differ from an -O2 build (e.g. FMA
+# contraction): a bit-for-bit comparison is only between processes with the same flags.
 TEST_XLA_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
                   "--xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
