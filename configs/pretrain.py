@@ -104,8 +104,9 @@ def head_position_study() -> list[dict]:
 
 def excp_study() -> list[dict]:
     """ExCP's weight-pruning strength alpha (5e-5 is the paper's default), and pruning
-    chosen per tensor to bound the weight error instead, on one run per seed: experiments/reproduce.py trains it once and recompresses its full checkpoints
-    per variant (``prepare``; experiments/sweep.py refuses this sweep).
+    chosen per tensor to bound the weight error instead, on one run per seed:
+    experiments/reproduce.py trains it once and recompresses its full checkpoints per
+    variant (``prepare``; experiments/sweep.py refuses this sweep).
 
         python experiments/reproduce.py --study excp
     """

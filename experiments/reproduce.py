@@ -144,9 +144,7 @@ def _excp_phases(workdir: str, run: dict) -> dict:
     if len(steps) < 2:
         raise KyxError(f"{workdir}: the ExCP chain has {len(steps)} step(s); the excp study "
                        "needs checkpoint.every well below train.steps")
-    cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
-    cont = max(1, int(cfg.checkpoint.every) // 3)
-    base = read_json(os.path.join(workdir, EXCP_BASE_FILE))["base"]
+    _, cont, base = _excp_variant(workdir)
     rest = steps[1:]
     picks = dict(zip(EXCP_PHASES, (rest[0], rest[len(rest) // 2], rest[-1])))
     out = {"excp_chain_ratio": sum(stats[s]["orig_bytes"] for s in rest)
@@ -163,6 +161,14 @@ def _excp_phases(workdir: str, run: dict) -> dict:
                     f"excp_dloss_pct_{phase}": 100 * (recon[step] - full) / full})
     shutil.rmtree(scratch, ignore_errors=True)
     return out
+
+
+def _excp_variant(workdir: str):
+    """(config, continuation steps = checkpoint.every // 3, the shared run it copies) of an
+    excp study variant."""
+    cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
+    base = read_json(os.path.join(workdir, EXCP_BASE_FILE))["base"]
+    return cfg, max(1, int(cfg.checkpoint.every) // 3), base
 
 
 def _full_continuation(base: str, step: int, steps: int) -> float:
@@ -191,9 +197,7 @@ def _excp_late_chain(workdir: str, run: dict) -> dict:
     from kyx.train.continuation import continuation
     steps = ExcpChain(os.path.join(workdir, "excp")).steps()
     start = steps[-1 - max(1, (len(steps) - 1) // 3)]
-    cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
-    cont = max(1, int(cfg.checkpoint.every) // 3)
-    base = read_json(os.path.join(workdir, EXCP_BASE_FILE))["base"]
+    cfg, cont, base = _excp_variant(workdir)
     scratch = workdir + "_late_chain"
     last = recompress(base, os.path.join(scratch, "run"), start=start, **_excp_options(cfg))[-1]
     full = _full_continuation(base, last["step"], cont)

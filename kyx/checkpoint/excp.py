@@ -103,11 +103,11 @@ def encode_tensor(w: np.ndarray, m: np.ndarray, v: np.ndarray, base: np.ndarray,
         return groups, (w.copy(), m.copy(), v.copy())
     dw = w - base
     q_w, factor = None, None
-    if opts.prune and opts.max_werr:
-        dw, keep, factor, q_w = _bounded_weight_residual(w, dw, v, opts)
-        m, v, _ = prune_moments(m, v, opts.beta, keep)
-    elif opts.prune:
-        dw, keep, _ = prune_weight_residual(dw, v, opts.alpha)
+    if opts.prune:
+        if opts.max_werr:
+            dw, keep, factor, q_w = _bounded_weight_residual(w, dw, v, opts)
+        else:
+            dw, keep, _ = prune_weight_residual(dw, v, opts.alpha)
         m, v, _ = prune_moments(m, v, opts.beta, keep)
     groups, decoded = {}, []
     for g, x, space in (("w", dw, "linear"), ("m", m, "linear"), ("v", v, opts.v_space)):

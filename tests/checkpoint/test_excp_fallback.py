@@ -140,7 +140,6 @@ def test_edited_opt_scalars_is_a_checksum_error(fast_overrides, run, tmp_path, c
         _run(fast_overrides, run, ["train.steps=12", "checkpoint.resume_step=4"])
 
 
-
 def test_relative_workdir_trains_and_compresses(fast_overrides, tmp_path, monkeypatch):
     """A workdir given relative to the working directory: the ExCP writer reads each full
     checkpoint through Orbax, which takes absolute paths only."""
