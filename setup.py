@@ -25,6 +25,7 @@ setup(
         "array-record>=0.8.6,<0.9",
         "tensorboardX>=2.6.5,<3",
         "tqdm>=4.70,<5",
+        "filelock>=4.3.1,<5",  # kyx/build_lock.py: one builder per shared corpus / cache
         "matplotlib>=3.11,<4",
         "numpy>=2.4,<3",
         "scipy>=1.17,<2",  # HiGHS LP (interactions), curve fits (scaling), significance tests

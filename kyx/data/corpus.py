@@ -39,6 +39,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from kyx import logs
+from kyx.build_lock import exclusive_build
 from kyx.data import dedup
 from kyx.errors import ConfigError, DataError
 from kyx.logs import get_logger
@@ -171,9 +172,14 @@ def prepare(builder, data_dir: str, what: str) -> None:
     with logs.quiet_libraries():
         if builder.is_prepared():
             return
-        log.info("Building %s %s into %s", what, builder.info.full_name, builder.data_dir)
-        _show_progress_bars()
-        builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+        with exclusive_build(os.path.join(data_dir, builder.name, builder.builder_config.name),
+                             f"{what} {builder.info.full_name}"):
+            if builder.is_prepared():   # built meanwhile by the process that held the lock
+                builder.info.read_from_directory(builder.data_dir)   # its splits and stats
+                return
+            log.info("Building %s %s into %s", what, builder.info.full_name, builder.data_dir)
+            _show_progress_bars()
+            builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
 
 
 @dataclasses.dataclass(eq=False)
@@ -326,8 +332,13 @@ def _load_tfds(cfg, dataset: str) -> Corpus:
     try:
         builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
-            _show_progress_bars()
-            builder.download_and_prepare(file_format="array_record")
+            with exclusive_build(os.path.join(builder.data_dir_root, builder.name),
+                                 f"tfds dataset {dataset}"):
+                if builder.is_prepared():
+                    builder.info.read_from_directory(builder.data_dir)
+                else:
+                    _show_progress_bars()
+                    builder.download_and_prepare(file_format="array_record")
     except Exception as e:
         raise DataError(
             f"Cannot load tfds dataset {dataset!r} (data_dir={data_dir}): {e}. Prepare it first, "

@@ -41,8 +41,9 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from kyx.build_lock import exclusive_build
 from kyx.data import bpe, dedup, mixture, token_cache, windows
-from kyx.data.corpus import Corpus, default_data_dir, load_corpus
+from kyx.data.corpus import Corpus, default_data_dir, fingerprint, load_corpus
 from kyx.data.encode import ReadStats, Tokenize, next_token_targets, record_text  # noqa: F401
 from kyx.data.tokenizer import SentencePieceTokenizer, Tokenizer, train_sentencepiece
 from kyx.errors import ConfigError, DataError
@@ -303,7 +304,10 @@ def make_tokenizer(cfg, corpus: Corpus) -> Tokenizer:
             corpus.weights)
     else:
         texts = corpus_texts(corpus, cfg.train_split)
-    return trainer(texts, tcfg, cache_dir=cache_dir, corpus_id=corpus.fingerprint)
+    kind = tcfg.get("kind", "sentencepiece")
+    key = os.path.join(cache_dir, f"{kind}{tcfg.vocab_size}_{fingerprint(corpus.fingerprint)}")
+    with exclusive_build(key, f"the {kind} tokenizer of {corpus.name}"):  # then from its cache
+        return trainer(texts, tcfg, cache_dir=cache_dir, corpus_id=corpus.fingerprint)
 
 
 def prepare(cfg) -> tuple[Corpus, Tokenizer]:

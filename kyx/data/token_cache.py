@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from kyx.build_lock import exclusive_build
 from kyx.data.corpus import Corpus, default_data_dir, fingerprint
 from kyx.data.encode import ReadStats, Tokenize
 from kyx.errors import DataError, IntegrityError
@@ -155,9 +156,17 @@ def build(corpus: Corpus, split: str, tokenizer, data_dir: str = "", workers: in
     """Encodes ``split`` of ``corpus`` into its cache unless it is complete; returns the
     cache directory. Complete shards of an interrupted build are kept."""
     directory = cache_dir(data_dir, corpus, split, tokenizer)
-    manifest = os.path.join(directory, MANIFEST)
-    if os.path.exists(manifest):
+    if os.path.exists(os.path.join(directory, MANIFEST)):
         return directory
+    with exclusive_build(directory, f"the token cache of {corpus.name}/{split}"):
+        if not os.path.exists(os.path.join(directory, MANIFEST)):   # not built meanwhile
+            _build(directory, corpus, split, tokenizer, workers, progress)
+    return directory
+
+
+def _build(directory: str, corpus: Corpus, split: str, tokenizer, workers: int,
+           progress: bool | None) -> None:
+    manifest = os.path.join(directory, MANIFEST)
     source = corpus.source(split)
     num_docs = len(source)
     if num_docs == 0:
@@ -194,7 +203,6 @@ def build(corpus: Corpus, split: str, tokenizer, data_dir: str = "", workers: in
     atomic_write(manifest, json.dumps(info, indent=1), checksum=True)
     log.info("Token cache %s: %d documents, %d tokens (%.1f s)", directory, info["documents"],
              info["tokens"], seconds)
-    return directory
 
 
 @dataclasses.dataclass
