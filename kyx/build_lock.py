@@ -7,7 +7,8 @@ renames it into place, and the second build dies on that rename (``FileExistsErr
 the token cache and the tokenizer would be built twice. Each build of a shared artifact
 therefore holds an exclusive ``filelock`` (``flock`` underneath, which the kernel drops when
 its holder dies, so a killed build never blocks the next one), and the caller checks "is it
-built?" again once it holds the lock. Remote data directories are not locked.
+built?" again once it holds the lock. Remote and read-only data directories (a prepared
+cache shared read-only by a team) are not locked.
 """
 from __future__ import annotations
 
@@ -23,13 +24,20 @@ from kyx.logs import get_logger
 log = get_logger(__name__)
 
 
+def _writable(directory: str) -> bool:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
 @contextlib.contextmanager
 def exclusive_build(path: str, what: str) -> Iterator[None]:
     """Holds ``<path>.lock`` (blocking) while the body builds ``what`` at ``path``."""
-    if not is_local(path):
-        yield
+    if not (is_local(path) and _writable(os.path.dirname(os.path.abspath(path)))):
+        yield   # remote, or a read-only shared cache: reuse what is there, or fail building
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     lock = filelock.FileLock(f"{path}.lock")
     try:
         lock.acquire(timeout=0)

@@ -81,3 +81,13 @@ def test_a_killed_builder_does_not_block_the_next(tmp_path):
     t0 = time.monotonic()
     with exclusive_build(path, "an artifact"):
         assert time.monotonic() - t0 < 5
+
+
+def test_a_read_only_cache_is_used_without_a_lock(tmp_path, monkeypatch):
+    """A prepared data dir shared read-only: no lock file can be made there, and none is
+    needed to read; the build itself (if anything is missing) fails with its own error."""
+    path = str(tmp_path / "artifact")
+    monkeypatch.setattr("kyx.build_lock.os.access", lambda *a: False)
+    with exclusive_build(path, "an artifact"):
+        pass
+    assert not os.path.exists(path + ".lock")
