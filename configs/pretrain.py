@@ -80,15 +80,17 @@ def mile_study() -> list[dict]:
 
 def logit_study() -> list[dict]:
     """Baichuan 2's max-z loss (2e-4) and PaLM's z-loss (1e-4) vs neither: at the preset's
-    learning rate in float32, and in bfloat16 compute at 10x the learning rate, where a
-    run that diverges shows up (non-finite steps are skipped, not fatal).
+    learning rate in float32, and in bfloat16 compute at 10x and 33x the learning rate,
+    where a run that diverges shows up (non-finite steps are skipped, not fatal).
 
         python experiments/reproduce.py --study logits
     """
     terms = {"ce": [], "max_z": ["loss.max_z_weight=2e-4"], "z_loss": ["loss.z_loss_weight=1e-4"]}
-    hot = ["model.dtype=bfloat16", "optim.lr=3e-2", "train.nan_policy=skip"]
+    hot = {suffix: ["model.dtype=bfloat16", f"optim.lr={lr}", "train.nan_policy=skip"]
+           for suffix, lr in (("_bf16_hot", "3e-2"), ("_bf16_lr0.1", "1e-1"))}
     return ([{"name": name, "overrides": o} for name, o in terms.items()]
-            + [{"name": f"{name}_bf16_hot", "overrides": o + hot} for name, o in terms.items()])
+            + [{"name": name + suffix, "overrides": o + h}
+               for suffix, h in hot.items() for name, o in terms.items()])
 
 
 def head_position_study() -> list[dict]:

@@ -328,7 +328,13 @@ study("logits", Study(
                   binary=True),
             Claim("max-z stabilises training (bf16, 10x lr: final train CE)",
                   "Baichuan 2 (2309.10305)", "train_ce_last10pct", "ce_bf16_hot",
-                  "max_z_bf16_hot"))))
+                  "max_z_bf16_hot"),
+            Claim("max-z stabilises training (bf16, 33x lr: diverged runs)",
+                  "Baichuan 2 (2309.10305)", "diverged", "ce_bf16_lr0.1", "max_z_bf16_lr0.1",
+                  binary=True),
+            Claim("max-z stabilises training (bf16, 33x lr: final train CE)",
+                  "Baichuan 2 (2309.10305)", "train_ce_last10pct", "ce_bf16_lr0.1",
+                  "max_z_bf16_lr0.1"))))
 
 study("head_position", Study(
     title="NormHead (Baichuan 2) and ALiBi vs RoPE",
