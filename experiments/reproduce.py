@@ -235,9 +235,9 @@ def _upcycle_half(spec: str, overrides: list[str], study_dir: str, workdir: str)
     """HunYuan's warm start by expanding experts at equal total steps N: the dense model of
     the same preset (``model.moe_num_experts=0``, same seed) trains N // 2 steps in
     ``<study>/_prepare/<run>/dense``, `kyx upcycle` copies its FFN into the MoE shape of
-    ``spec`` (noise 0.01) in ``.../upcycled``, and the variant trains the other N - N // 2 steps from it
-    (``init_from``; a fresh optimizer, the preset's warmup) on other windows (data seed
-    + 1000). Both phases are reused when finished."""
+    ``spec`` (noise 0.01) in ``.../upcycled``, and the variant trains the other N - N // 2
+    steps from it (``init_from``; a fresh optimizer, the preset's warmup) on other windows
+    (data seed + 1000). Both phases are reused when finished."""
     from kyx.commands.upcycle import upcycle_workdir
     cfg = config_lib.load(spec, overrides)
     total, m = int(cfg.train.steps), cfg.model
@@ -311,6 +311,15 @@ study("mile", Study(
             Claim("better than CE overall (benchmarks there; held-out CE here)",
                   "Su et al. 2023 (MiLe)", "heldout_loss", "ce", "mile_g1.0"))))
 
+def _stability_claims(suffix: str, lr: str) -> tuple[Claim, Claim]:
+    """Max-z vs plain CE in bf16 at a raised learning rate: divergence count, final CE."""
+    text = f"max-z stabilises training (bf16, {lr} lr: {{}})"
+    return (Claim(text.format("diverged runs"), "Baichuan 2 (2309.10305)", "diverged",
+                  f"ce{suffix}", f"max_z{suffix}", binary=True),
+            Claim(text.format("final train CE"), "Baichuan 2 (2309.10305)",
+                  "train_ce_last10pct", f"ce{suffix}", f"max_z{suffix}"))
+
+
 study("logits", Study(
     title="max-z loss and z-loss (Baichuan 2, PaLM)",
     config="configs/pretrain.py:tiny", sweep="logit_study", measures=("logits", "divergence"),
@@ -323,18 +332,8 @@ study("logits", Study(
                   "logit_max_mean", "ce", "max_z"),
             Claim("z-loss pulls log Z toward 0", "PaLM (2204.02311)", "logit_lse_mean", "ce",
                   "z_loss"),
-            Claim("max-z stabilises training (bf16, 10x lr: diverged runs)",
-                  "Baichuan 2 (2309.10305)", "diverged", "ce_bf16_hot", "max_z_bf16_hot",
-                  binary=True),
-            Claim("max-z stabilises training (bf16, 10x lr: final train CE)",
-                  "Baichuan 2 (2309.10305)", "train_ce_last10pct", "ce_bf16_hot",
-                  "max_z_bf16_hot"),
-            Claim("max-z stabilises training (bf16, 33x lr: diverged runs)",
-                  "Baichuan 2 (2309.10305)", "diverged", "ce_bf16_lr0.1", "max_z_bf16_lr0.1",
-                  binary=True),
-            Claim("max-z stabilises training (bf16, 33x lr: final train CE)",
-                  "Baichuan 2 (2309.10305)", "train_ce_last10pct", "ce_bf16_lr0.1",
-                  "max_z_bf16_lr0.1"))))
+            *(claim for suffix, lr in (("_bf16_hot", "10x"), ("_bf16_lr0.1", "33x"))
+              for claim in _stability_claims(suffix, lr)))))
 
 study("head_position", Study(
     title="NormHead (Baichuan 2) and ALiBi vs RoPE",
@@ -458,7 +457,7 @@ def _run_study(name: str, root: str, seeds: int, steps: int, extra: list[str]) -
     s = STUDIES.get(name).spec
     overrides = list(s.overrides) + list(extra) + ([f"train.steps={steps}"] if steps else [])
     out_dir = os.path.join(root, name)
-    results = {}
+    results, offsets = {}, {}
     spec = os.path.join(REPO, s.config)   # the repo's own config, from any working directory
     variants = sweep.load_sweep(spec, s.sweep, VARIANT_KEYS)
     for v in variants:
@@ -468,8 +467,11 @@ def _run_study(name: str, root: str, seeds: int, steps: int, extra: list[str]) -
             run_overrides = overrides + v["overrides"] + seed_overrides
             t0 = time.perf_counter()
             if v.get("prepare"):
+                budget = int(config_lib.load(spec, run_overrides).train.steps)
                 run_overrides += PREPARES.get(v["prepare"]).fn(spec, run_overrides,
                                                                out_dir, workdir)
+                # a prepare that trains part of the budget (a warm start) shortens the run
+                offsets[v["name"]] = budget - int(config_lib.load(spec, run_overrides).train.steps)
             run = run_once(spec, run_overrides, workdir, time.perf_counter() - t0)
             row = sweep.summarize(workdir)
             row.update(measure(s.measures, workdir, run))
@@ -483,7 +485,8 @@ def _run_study(name: str, root: str, seeds: int, steps: int, extra: list[str]) -
            "wall_s": sum(r["wall_s"] for v in results.values() for r in v["per_seed"])}
     atomic_write(os.path.join(out_dir, "results.json"), json.dumps(doc, indent=1))
     atomic_write(os.path.join(out_dir, "results.md"), render(doc))
-    sweep.plot(out_dir, [v["name"] for v in variants], os.path.join(out_dir, PLOT), seeds)
+    sweep.plot(out_dir, [v["name"] for v in variants], os.path.join(out_dir, PLOT), seeds,
+               offsets)
     return doc
 
 

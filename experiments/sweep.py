@@ -191,8 +191,11 @@ def _curves(workdirs: list[str]):
     return steps, loss, ev
 
 
-def plot(root: str, names: list[str], out: str, seeds: int = 1) -> str:
-    """Train CE (moving average over ~2% of the steps) and eval loss per variant (seed means)."""
+def plot(root: str, names: list[str], out: str, seeds: int = 1,
+         offsets: dict[str, int] | None = None) -> str:
+    """Train CE (moving average over ~2% of the steps) and eval loss per variant (seed means).
+    ``offsets[name]``: steps the variant trained before its own run (a warm start's first
+    phase); its curve is drawn from there, so equal total steps line up."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -201,13 +204,16 @@ def plot(root: str, names: list[str], out: str, seeds: int = 1) -> str:
     ax = fig.add_subplot()
     for i, name in enumerate(names):
         steps, loss, ev = _curves([w for _, w in seed_workdirs(root, name, seeds)])
+        offset = (offsets or {}).get(name, 0)
+        steps, ev = np.asarray(steps) + offset, [(x + offset, y) for x, y in ev]
+        label = f"{name} (from step {offset})" if offset else name
         w = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
         color = f"C{i}"
         ax.plot(steps, loss, color=color, alpha=0.2, lw=0.8)
-        ax.plot(steps[w - 1:], smooth, color=color, lw=1.5, label=f"{name} train CE")
+        ax.plot(steps[w - 1:], smooth, color=color, lw=1.5, label=f"{label} train CE")
         if ev:
-            ax.plot(*zip(*ev), "o--", color=color, ms=4, lw=0.8, label=f"{name} eval loss")
+            ax.plot(*zip(*ev), "o--", color=color, ms=4, lw=0.8, label=f"{label} eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)" + (f", mean of {seeds} seeds" if seeds > 1 else ""))
     ax.grid(alpha=0.3)

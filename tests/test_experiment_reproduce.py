@@ -144,6 +144,18 @@ def test_every_study_runs_and_renders_from_its_json(study_root, capsys):
 
 
 @pytest.mark.slow
+def test_warm_started_curve_is_drawn_after_its_dense_phase(study_root, fast_overrides,
+                                                           monkeypatch):
+    """The upcycled variant trains the second half of the budget: its curve starts there."""
+    exp, root, _ = study_root
+    drawn = {}
+    monkeypatch.setattr(exp.sweep, "plot", lambda root, names, out, seeds, offsets=None:
+                        drawn.update(offsets))
+    exp.run_study("moe_routing", str(root), 1, 2, list(fast_overrides))   # all runs reused
+    assert drawn == {"upcycled": 1}
+
+
+@pytest.mark.slow
 def test_upcycled_variant_starts_from_the_upcycled_dense_run(study_root):
     exp, root, _ = study_root
     prep = root / "moe_routing" / "_prepare" / "upcycled" / "upcycled"
