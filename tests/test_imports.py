@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KYX = os.path.join(ROOT, "kyx")
 
 # package -> kyx packages it may import (besides itself and the leaf modules below)
-LEAVES = {"kyx.errors", "kyx.axes", "kyx.fileio", "kyx.logs", "kyx.registry",
+LEAVES = {"kyx.errors", "kyx.axes", "kyx.fileio", "kyx.logs", "kyx.registry", "kyx.build_lock",
           "kyx.distributed", "kyx.compilation_cache"}
 LAYERS = {
     "kyx.config": set(),
