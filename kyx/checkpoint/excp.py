@@ -212,6 +212,7 @@ class ExcpChain:
                               f"got {reference!r}")
         self._reference = reference
         self._cache: tuple[int, Flat] | None = None   # newest reconstruction (read-only arrays)
+        self._walked: tuple[int, Flat] | None = None  # last reconstruct()ed step (read-only)
 
     def steps(self) -> list[int]:
         return [e["step"] for e in self.manifest["steps"]]
@@ -372,9 +373,11 @@ class ExcpChain:
 
     def reconstruct(self, step: int | None = None, moments: bool = True
                     ) -> tuple[Flat, Flat, Flat]:
-        """(params, mu, nu) of `step` (default: newest) by walking the chain from its root.
+        """(params, mu, nu) of `step` (default: newest) by walking the chain from its root,
+        or from the nearest ancestor this object already rebuilt (the newest step, or the
+        step of the previous call).
 
-        Params may be read-only arrays shared with the chain's cache: copy to modify.
+        Params are read-only arrays shared with the chain's cache: copy to modify.
         """
         entries = {e["step"]: e for e in self.manifest["steps"]}
         if not entries:
@@ -384,22 +387,26 @@ class ExcpChain:
             raise CheckpointError(
                 f"no ExCP step {step} in {self.root}; available: {sorted(entries)}")
         label = f"step {step}"
-        if self._cache is not None and self._cache[0] == step:
-            w, m, v = self._cache[1], {}, {}
-            if moments:
-                _, m, v = self._read(entries[step], label, None, weights=False)
-            return w, m, v
-        path, s = [], step
+        known = {c[0]: c[1] for c in (self._cache, self._walked) if c is not None}
+        path, s, w = [], step, None
         while s is not None:
+            if s in known:  # an ancestor already rebuilt: walk on from it, not from the root
+                w = known[s]
+                break
             if s not in entries:
                 raise CheckpointError(f"ExCP step {path[-1]['step']} needs step {s}, which is "
                                       f"missing from {self.root} (broken chain)")
             path.append(entries[s])
             s = entries[s]["parent"]
-        w = None
+        m, v = {}, {}
         for i, e in enumerate(reversed(path)):
             last = i == len(path) - 1
             w, m, v = self._read(e, f"step {e['step']}", w, moments=moments and last)
+        if not path and moments:
+            _, m, v = self._read(entries[step], label, None, weights=False)
+        for arr in w.values():
+            arr.flags.writeable = False
+        self._walked = (step, w)  # reading steps in order costs one link each, not the chain
         return w, m, v
 
     def truncate(self, step: int, write: bool = True) -> list[int]:
@@ -413,6 +420,8 @@ class ExcpChain:
         self.manifest["steps"] = keep
         if self._cache is not None and self._cache[0] > step:
             self._cache = None
+        if self._walked is not None and self._walked[0] > step:
+            self._walked = None
         if not write:
             return [e["step"] for e in dropped]
         store.write_manifest(self.root, self.manifest)

@@ -210,6 +210,26 @@ def build_chain(tmp_path, n=5):
     return chain
 
 
+def test_reading_steps_in_order_reads_each_link_once(tmp_path):
+    build_chain(tmp_path)
+    want = {step: ExcpChain(tmp_path).reconstruct(step, moments=False)[0]
+            for step in range(100, 600, 100)}  # each from a fresh reader: walks from the root
+    reader = ExcpChain(tmp_path)
+    calls = []
+    inner = reader._read
+    reader._read = lambda entry, *a, **k: calls.append(entry["step"]) or inner(entry, *a, **k)
+    for step in range(100, 600, 100):
+        got = reader.reconstruct(step, moments=False)[0]
+        assert all(bits_equal(got[k], want[step][k]) for k in SHAPES), step
+        assert not next(iter(got.values())).flags.writeable  # shared with the reader's memo
+    assert calls == [100, 200, 300, 400, 500]  # not 1 + 2 + 3 + 4 + 5 links
+    calls.clear()
+    for step in (300, 500):  # backwards, then forwards again: still the right weights
+        got = reader.reconstruct(step)[0]
+        assert all(bits_equal(got[k], want[step][k]) for k in SHAPES), step
+    assert calls == [100, 200, 300, 400, 500]  # 300 from the root, 500 from 300
+
+
 def test_corrupted_blob_names_step_and_tensor(tmp_path):
     chain = build_chain(tmp_path)
     path = os.path.join(tmp_path, "step_00000300.excp")
