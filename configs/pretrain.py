@@ -48,11 +48,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sampling() -> list[dict]:
-    """Training rows as i.i.d. cache windows (the default) vs document-order packing, the
-    rest equal; run with ``experiments/sweep.py --sweep sampling --seeds 3
+    """Training rows as cache windows, i.i.d. or stratified by difficulty, vs document-order
+    packing, the rest equal; run with ``experiments/sweep.py --sweep sampling --seeds 3
     --config.train.log_every=1`` and compare with ``experiments/data_sampling.py``."""
     return [{"name": "iid", "overrides": ["data.sampling=iid"]},
-            {"name": "packed", "overrides": ["data.sampling=packed"]}]
+            {"name": "packed", "overrides": ["data.sampling=packed"]},
+            {"name": "stratified", "overrides": ["data.sampling=stratified"]}]
 
 
 def scaling() -> list[dict]:

@@ -1,11 +1,11 @@
-"""i.i.d. windows vs document-order packing on `tiny`: loss noise, final eval loss, one PNG.
+"""Training-row samplers on `tiny` (packed, iid, stratified): loss noise, final eval loss, one PNG.
 
-Train both (same seed and steps; log every step), then compare:
+Train them (same seed and steps; log every step), then compare:
 
-    kyx train --config configs/pretrain.py:tiny --workdir runs/iid --config.train.log_every=1
+    kyx train --config configs/pretrain.py:tiny --workdir runs/stratified --config.train.log_every=1
     kyx train --config configs/pretrain.py:tiny --workdir runs/packed --config.train.log_every=1 \\
         --config.data.sampling=packed
-    python experiments/data_sampling.py runs/packed runs/iid --out docs/images/iid_vs_packed.png
+    python experiments/data_sampling.py runs/packed runs/stratified --out docs/images/samplers.png
 
 Prints one JSON line per run: the std of step-to-step train-loss differences over the last
 ``--last`` steps and the final eval loss.
@@ -14,13 +14,14 @@ Several seeds (``experiments/sweep.py --config configs/pretrain.py:tiny --sweep 
 --seeds 3 --root R --config.train.log_every=1``): ``--root R`` reads ``R/<variant>/seed<k>``
 and prints, per variant, mean ± std over seeds of: the lag-1 std above, the std of
 differences 20 steps apart (the default ``log_every``, i.e. what a loss curve shows), and
-the std of the residual around a 51-step moving average; then the packed / iid ratios.
+the std of the residual around a 51-step moving average; then the ratios of the first
+variant (packed) to each other one, per seed.
 
 ``--floor`` separates sampling noise from training dynamics: with the final params of the
 first iid run fixed, it draws ``--floor-batches`` consecutive training batches from each
 sampler (a seed the run never used) and reports the std of consecutive batch-loss
-differences. For i.i.d. windows that is the noise floor of a batch of this size, the
-part no data order can remove.
+differences. For i.i.d. windows that is the noise floor of a simple random batch of this
+size; stratified batches (one window per difficulty stratum) go below it.
 """
 import argparse
 import json
@@ -105,13 +106,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workdirs", nargs="*")
     p.add_argument("--root", help="a sweep root with <variant>/seed<k> workdirs")
-    p.add_argument("--variants", nargs="+", default=["packed", "iid"])
+    p.add_argument("--variants", nargs="+", default=["packed", "iid", "stratified"],
+                   help="the first is the baseline of the printed ratios")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--floor", action="store_true")
     p.add_argument("--floor-batches", type=int, default=300)
     p.add_argument("--labels", nargs="+")
     p.add_argument("--last", type=int, default=300)
-    p.add_argument("--out", default="docs/images/iid_vs_packed.png")
+    p.add_argument("--out", default="docs/images/samplers.png")
     args = p.parse_args()
     if args.root:
         table = seed_table(args.root, args.variants, args.seeds, args.last)
@@ -119,14 +121,15 @@ def main():
             print(json.dumps({"variant": v, "seeds": args.seeds, **{
                 k: [round(x, 4) for x in val] for k, val in row.items() if k != "per_seed"},
                 "per_seed": row["per_seed"]}))
-        a, b = args.variants[:2]
-        print(json.dumps({"ratio": f"{a}/{b}", **{
-            k: [round(ra[k] / rb[k], 3) for ra, rb in zip(table[a]["per_seed"],
-                                                          table[b]["per_seed"])]
-            for k in ("std_diff_lag1", "std_diff_lag20", "std_resid_ma51")}}))
+        a = args.variants[0]
+        for b in args.variants[1:]:
+            print(json.dumps({"ratio": f"{a}/{b}", **{
+                k: [round(ra[k] / rb[k], 3) for ra, rb in zip(table[a]["per_seed"],
+                                                              table[b]["per_seed"])]
+                for k in ("std_diff_lag1", "std_diff_lag20", "std_resid_ma51")}}))
         if args.floor:
             workdir = os.path.join(args.root, "iid", "seed0")
-            for sampling in ("iid", "packed"):
+            for sampling in args.variants:
                 losses = batch_losses(workdir, sampling, args.floor_batches, seed=12345)
                 print(json.dumps({"floor": sampling, "params": workdir,
                                   "batches": len(losses),
@@ -153,7 +156,8 @@ def main():
     ax.set_ylabel("loss (nats/token)")
     ax.set_ylim(top=9)
     ax.legend(fontsize=8)
-    ax.set_title("pretrain.py:tiny, seed 0: i.i.d. cache windows vs document-order packing")
+    ax.set_title("pretrain.py:tiny, seed 0: " + " vs ".join(args.variants if args.root else
+                                                             args.labels or args.workdirs))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"wrote {args.out}")

@@ -338,8 +338,8 @@ def _mixture_sources(cfg):
         return
     if len(sources) < 2:
         yield "data.mixture", sorted(sources), "needs at least two sources (one corpus: data.name)"
-    if cfg.data.get("sampling", "iid") != "iid":
-        yield "data.sampling", cfg.data.sampling, "must be 'iid' with a data.mixture"
+    if cfg.data.get("sampling", "iid") == "packed":
+        yield "data.sampling", cfg.data.sampling, "must be 'iid' or 'stratified' with a data.mixture"
 
 
 @rule()

@@ -95,8 +95,9 @@ def test_source_configs_are_checked(make_cfg, tmp_path):
         mixture.load(single)
 
 
+@pytest.mark.parametrize("sampling", ["iid", "stratified"])
 def test_a_mixture_of_two_text_corpora_trains_evaluates_per_source(
-        tmp_path, make_cfg, stdlib_copy):
+        tmp_path, make_cfg, stdlib_copy, sampling):
     """End to end through the pipeline: one tokenizer for both, i.i.d. rows by weight,
     validation chained over the sources (the trainer's eval hook is in tests/train)."""
     a = stdlib_copy(str(tmp_path / "a"))
@@ -104,13 +105,14 @@ def test_a_mixture_of_two_text_corpora_trains_evaluates_per_source(
     b.mkdir()
     for i in range(8):
         (b / f"note{i}.txt").write_text(f"note {i}: " + "plain words here. " * (20 + i))
-    cfg = make_cfg(tmp_path / "data", sampling="iid", cache_workers=0)
+    cfg = make_cfg(tmp_path / "data", sampling=sampling, cache_workers=0)
     cfg.mixture = ml_collections.ConfigDict({
         "code": {"name": "text_files", "path": a, "weight": 3.0, "min_val_files": 2},
         "notes": {"name": "text_files", "path": str(b), "weight": 1.0, "min_val_files": 2}})
     corpus, tokenizer = pipeline.prepare(cfg)
     assert corpus.labels == ["code", "notes"] and corpus.weights["code"] == 0.75
     it = pipeline.make_iterator(cfg, corpus, tokenizer, "train")
+    assert {s.sampling for s in it.streams.values()} == {sampling}
     batch = next(it)
     assert batch["tokens"].shape == (cfg.batch_size, cfg.seq_len)
     state = it.get_state()
