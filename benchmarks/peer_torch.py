@@ -9,6 +9,12 @@ median step time, tokens/s, threads, torch version. Compare with
 ``benchmarks/train_throughput.py`` (kyx's full step, data included) run on the same
 machine, one after the other (docs/benchmarks.md).
 
+The ratio depends on the CPU as much as on either step: torch's matmuls go through MKL,
+XLA's through its own kernels, and their speeds differ by machine (on an AMD EPYC torch's
+f32 matmul reached half of XLA's, on an Intel Xeon more than XLA's). The last JSON line
+(``matmul_peak``) gives both f32 matmul peaks of this machine, so a ratio can be read
+against them.
+
     python benchmarks/peer_torch.py [--sizes small] [--steps 6]
 
 Needs the [test] extra (torch, transformers).
@@ -66,13 +72,35 @@ def torch_step_time(size: str, steps: int) -> dict:
             "transformers": transformers.__version__, "attention": "sdpa"}
 
 
+def matmul_peaks(n: int = 2048, repeats: int = 5, iters: int = 4) -> dict:
+    """f32 (n x n) @ (n x n) FLOP/s of torch (its default threads) and of XLA (this
+    process's JAX CPU device), best of ``repeats`` bursts of ``iters`` matmuls each."""
+    import torch
+
+    from kyx.telemetry.flops import matmul_peak_flops
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / iters)
+    return {"bench": "matmul_peak", "n": n, "torch_flops": 2 * n ** 3 / best,
+            "xla_flops": matmul_peak_flops(n, repeats=repeats, iters=iters),
+            "threads": torch.get_num_threads()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/peer_torch.py")
     parser.add_argument("--sizes", default="small")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--matmul-n", type=int, default=2048, help="matmul_peak size")
     args = parser.parse_args(argv)
     for size in args.sizes.split(","):
         print(json.dumps(torch_step_time(size, args.steps)), flush=True)
+    print(json.dumps(matmul_peaks(args.matmul_n)), flush=True)
     return 0
 
 

@@ -55,10 +55,12 @@ def test_clean_op_name_splits_phase_module_and_op():
 
 def test_peer_torch_step_runs(capsys):
     pytest.importorskip("transformers")
-    assert _script("peer_torch").main(["--sizes", "tiny", "--steps", "1"]) == 0
-    row = _lines(capsys)[0]
+    assert _script("peer_torch").main(["--sizes", "tiny", "--steps", "1",
+                                       "--matmul-n", "128"]) == 0
+    row, peaks = _lines(capsys)
     assert row["bench"] == "peer_torch" and row["params"] == 1442432   # kyx's tiny dims
     assert row["tokens_per_s"] > 0 and row["batch"] * row["seq_len"] == 16 * 128
+    assert peaks["bench"] == "matmul_peak" and peaks["torch_flops"] > 0 < peaks["xla_flops"]
 
 
 def test_memory_reports_sharded_state_and_compiled_bytes(capsys):
