@@ -8,7 +8,7 @@ after a short warm-up: ``iid`` (windows read from the cache, the default) and ``
 carry no padding).
 
     python benchmarks/data_throughput.py [--seconds 5] [--read-threads 2] [--workers 0]
-                                         [--sampling iid packed] [--no-dedup]
+                                         [--sampling stratified iid packed] [--no-dedup]
 
 ``--tokenizers`` measures the tokenizer kinds instead (one JSON line each): training time
 of ``bpe`` and ``scaffold_bpe`` at ``--vocab`` on the first ``--train-mb`` MB of the local
@@ -142,7 +142,7 @@ def main():
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--read-threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--sampling", nargs="+", default=["iid", "packed"])
+    p.add_argument("--sampling", nargs="+", default=["stratified", "iid", "packed"])
     p.add_argument("--no-dedup", action="store_true", help="corpus without dedup")
     p.add_argument("--tokenizers", action="store_true",
                    help="train / encode throughput of the tokenizer kinds instead")
