@@ -21,7 +21,9 @@ variant (packed) to each other one, per seed.
 first iid run fixed, it draws ``--floor-batches`` consecutive training batches from each
 sampler (a seed the run never used) and reports the std of consecutive batch-loss
 differences. For i.i.d. windows that is the noise floor of a simple random batch of this
-size; stratified batches (one window per difficulty stratum) go below it.
+size; stratified batches (one window per difficulty stratum) go below it. It also prints
+how well the stratified sampler's difficulty key correlates with those params' loss per
+window.
 """
 import argparse
 import json
@@ -102,6 +104,38 @@ def batch_losses(workdir: str, sampling: str, batches: int, seed: int) -> np.nda
                        for _ in range(batches)])
 
 
+def key_correlation(workdir: str, windows_n: int = 4096, seed: int = 0) -> dict:
+    """Pearson correlation between the stratified sampler's difficulty key (unigram
+    surprise) and the run's own per-window loss, over ``windows_n`` random windows."""
+    import jax
+    import jax.numpy as jnp
+
+    import kyx
+    from kyx.data import pipeline, windows
+    from kyx.objectives import lm
+
+    loaded = kyx.load(workdir)
+    cfg = loaded.config.data
+    with cfg.unlocked():
+        cfg.sampling = "iid"
+    it = pipeline.make_iterator(cfg, pipeline.load_corpus(cfg), loaded.tokenizer, "train")
+    key = windows.unigram_surprise(it.cache, it.seq_len, it.num_windows)
+    picked = np.random.default_rng(seed).choice(it.num_windows, windows_n, replace=False)
+
+    @jax.jit
+    def loss(params, batch):
+        logits, _ = loaded.model.apply({"params": params}, batch["tokens"],
+                                       batch["segment_ids"], batch["positions"])
+        ce, _ = lm.token_cross_entropy(logits, batch["targets"])
+        m = batch["loss_mask"].astype(jnp.float32)
+        return jnp.sum(ce * m, 1) / jnp.maximum(jnp.sum(m, 1), 1)
+    per_window = np.concatenate([
+        np.asarray(loss(loaded.params, {k: jnp.asarray(v) for k, v in it.rows(chunk).items()}))
+        for chunk in np.array_split(picked, max(1, windows_n // 256))])
+    return {"key_correlation": round(float(np.corrcoef(key[picked], per_window)[0, 1]), 4),
+            "windows": windows_n, "params": workdir}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workdirs", nargs="*")
@@ -135,6 +169,7 @@ def main():
                                   "batches": len(losses),
                                   "std_batch_loss": round(float(np.std(losses)), 4),
                                   **{k: round(v, 4) for k, v in noise(losses).items()}}))
+            print(json.dumps(key_correlation(workdir)))
         args.workdirs = args.workdirs or [os.path.join(args.root, v, "seed0")
                                           for v in args.variants]
         args.labels = args.labels or [f"{v} (seed 0)" for v in args.variants]
