@@ -37,7 +37,7 @@ def test_seeds_run_every_variant_per_seed_and_aggregate(tmp_path, monkeypatch):
                        "--seeds", "3", "--config.train.steps=2"]) == 0
     assert [(o[-2:], os.path.relpath(w, tmp_path)) for o, w in calls] == [
         ([f"train.seed={k}", f"data.seed={k}"], os.path.join(v, f"seed{k}"))
-        for v in ("iid", "packed") for k in range(3)]
+        for v in ("iid", "packed", "stratified") for k in range(3)]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seeds"] == 3
     packed = results["results"]["packed"]

@@ -45,13 +45,17 @@ def test_lud_trainer_end_to_end(post_overrides, pretrained, post_config, tmp_pat
     with np.load(cache[0]) as z:
         mined = {k: z[k] for k in z.files}
     assert len(mined) >= 32 and sum(len(v) for v in mined.values()) > 0
-    batches = [next(trainer.train_iter) for _ in range(3)]
-    for b in batches:
+    seen = 0
+    for _ in range(20):  # a 4-step model predicts few true tokens: units are sparse
+        b = next(trainer.train_iter)
         assert not (b["targets"] == ph).any()            # an input, never a target
         inside = (b["tokens"] == ph) & (b["segment_ids"] > 0)
         # a placeholder input sits inside a response: its target is learned
         assert (b["loss_mask"][inside] > 0).all()
-    assert sum(int(((b["tokens"] == ph) & (b["segment_ids"] > 0)).sum()) for b in batches) > 0
+        seen += int(inside.sum())
+        if seen:
+            break
+    assert seen > 0, "no reconfigured (placeholder) input in 20 training batches"
 
     capsys.readouterr()
     args = ["train", "--config", cfg_path(), "--workdir", str(tmp_path)]
