@@ -75,14 +75,30 @@ def seed_table(root: str, variants: list[str], seeds: int, last: int) -> dict:
     return out
 
 
-def batch_losses(workdir: str, sampling: str, batches: int, seed: int) -> np.ndarray:
-    """Mean train-batch CE of ``batches`` consecutive batches at the run's final params."""
+def row_ce_sums(loaded):
+    """jitted (params, batch) -> (summed target CE per row [B], target tokens per row [B])."""
     import jax
     import jax.numpy as jnp
 
+    from kyx.objectives import lm
+
+    @jax.jit
+    def sums(params, batch):
+        logits, _ = loaded.model.apply({"params": params}, batch["tokens"],
+                                       batch["segment_ids"], batch["positions"])
+        ce, _ = lm.token_cross_entropy(logits, batch["targets"])
+        m = batch["loss_mask"].astype(jnp.float32)
+        return jnp.sum(ce * m, 1), jnp.sum(m, 1)
+    return sums
+
+
+KEYS = ("tokens", "segment_ids", "positions", "targets", "loss_mask")
+
+
+def batch_losses(workdir: str, sampling: str, batches: int, seed: int) -> np.ndarray:
+    """Mean train-batch CE of ``batches`` consecutive batches at the run's final params."""
     import kyx
     from kyx.data import pipeline
-    from kyx.objectives import lm
 
     loaded = kyx.load(workdir)
     cfg = loaded.config.data
@@ -90,29 +106,19 @@ def batch_losses(workdir: str, sampling: str, batches: int, seed: int) -> np.nda
         cfg.sampling, cfg.seed = sampling, seed
     corpus = pipeline.load_corpus(cfg)  # the run's own tokenizer, not a retrained one
     it = pipeline.make_iterator(cfg, corpus, loaded.tokenizer, "train")
-
-    @jax.jit
-    def loss(params, batch):
-        logits, _ = loaded.model.apply({"params": params}, batch["tokens"],
-                                       batch["segment_ids"], batch["positions"])
-        ce, _ = lm.token_cross_entropy(logits, batch["targets"])
-        m = batch["loss_mask"].astype(jnp.float32)
-        return jnp.sum(ce * m) / jnp.sum(m)
-    return np.asarray([float(loss(loaded.params, {k: jnp.asarray(v) for k, v in next(it).items()
-                                                  if k in ("tokens", "segment_ids", "positions",
-                                                           "targets", "loss_mask")}))
-                       for _ in range(batches)])
+    sums = row_ce_sums(loaded)
+    out = []
+    for _ in range(batches):
+        ce, n = sums(loaded.params, {k: v for k, v in next(it).items() if k in KEYS})
+        out.append(float(np.sum(ce) / np.sum(n)))
+    return np.asarray(out)
 
 
 def key_correlation(workdir: str, windows_n: int = 4096, seed: int = 0) -> dict:
     """Pearson correlation between the stratified sampler's difficulty key (unigram
     surprise) and the run's own per-window loss, over ``windows_n`` random windows."""
-    import jax
-    import jax.numpy as jnp
-
     import kyx
     from kyx.data import pipeline, windows
-    from kyx.objectives import lm
 
     loaded = kyx.load(workdir)
     cfg = loaded.config.data
@@ -121,17 +127,12 @@ def key_correlation(workdir: str, windows_n: int = 4096, seed: int = 0) -> dict:
     it = pipeline.make_iterator(cfg, pipeline.load_corpus(cfg), loaded.tokenizer, "train")
     key = windows.unigram_surprise(it.cache, it.seq_len, it.num_windows)
     picked = np.random.default_rng(seed).choice(it.num_windows, windows_n, replace=False)
-
-    @jax.jit
-    def loss(params, batch):
-        logits, _ = loaded.model.apply({"params": params}, batch["tokens"],
-                                       batch["segment_ids"], batch["positions"])
-        ce, _ = lm.token_cross_entropy(logits, batch["targets"])
-        m = batch["loss_mask"].astype(jnp.float32)
-        return jnp.sum(ce * m, 1) / jnp.maximum(jnp.sum(m, 1), 1)
-    per_window = np.concatenate([
-        np.asarray(loss(loaded.params, {k: jnp.asarray(v) for k, v in it.rows(chunk).items()}))
-        for chunk in np.array_split(picked, max(1, windows_n // 256))])
+    sums = row_ce_sums(loaded)
+    per_window = []
+    for chunk in np.array_split(picked, max(1, windows_n // 256)):
+        ce, n = sums(loaded.params, {k: v for k, v in it.rows(chunk).items() if k in KEYS})
+        per_window.append(np.asarray(ce) / np.maximum(np.asarray(n), 1))
+    per_window = np.concatenate(per_window)
     return {"key_correlation": round(float(np.corrcoef(key[picked], per_window)[0, 1]), 4),
             "windows": windows_n, "params": workdir}
 
